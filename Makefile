@@ -1,0 +1,29 @@
+# `make run`  : evaluate every claim in hypotheses/ (results -> results/records.jsonl)
+# `make test` : the test suite (unit tests, controls, small end-to-end runs)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m pytest hypotheses/ -n 2 -p no:cacheprovider -rA
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests/ -n 2 -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_entk.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,33 @@
+"""Pure computations on models, batches and matrices: kernels, operators and spectra."""
+
+from metrics.entk import (
+    entk,
+    entk_parameter_block,
+    hidden_units,
+    parameter_groups,
+    unit_kernels,
+    unit_similarity,
+)
+from metrics.spectra import (
+    effective_rank,
+    eigh_sorted,
+    largest_cliff,
+    normalized_overlap,
+    orthonormal_basis,
+    overlap_chance,
+    participation_ratio,
+    principal_angles,
+    spectral_cliffs,
+    stable_rank,
+    subspace_overlap,
+)
+
+__all__ = [
+    # the eNTK
+    "entk", "entk_parameter_block", "parameter_groups", "hidden_units", "unit_kernels",
+    "unit_similarity",
+    # spectra and subspaces
+    "eigh_sorted", "spectral_cliffs", "largest_cliff", "orthonormal_basis", "subspace_overlap",
+    "normalized_overlap", "overlap_chance", "principal_angles", "effective_rank",
+    "participation_ratio", "stable_rank",
+]

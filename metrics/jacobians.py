@@ -1,0 +1,194 @@
+"""Per-example derivatives of a readout of a model, without the N·C·P Jacobian.
+
+Two paths, chosen per parameter:
+
+* **Structured** (Novak et al. 2022, "Fast Finite Width Neural Tangent Kernel"). For a weight
+  used by ``nn.Linear`` or ``nn.Embedding`` modules the per-example gradient of readout r is
+  a sum of outer products over the module's calls and positions t,
+
+  .. math::  \\partial y_r(x) / \\partial W = \\sum_t Y_{t r}(x) \\otimes X_t(x),
+
+  with X the module input (one-hot tokens for an embedding, ones for a bias) and Y the
+  gradient of y_r with respect to the module output. Storing X (N, T, d_in) and
+  Y (N, T, R, d_out) costs N·T·(d_in + R·d_out) numbers instead of N·R·d_in·d_out.
+  Each structured parameter is verified once against autograd's batch gradient; a parameter
+  that is also used outside its modules fails the check and takes the generic path.
+* **Generic**: ``torch.func.vmap(jacrev(...))`` over chunks of inputs for every other parameter,
+  so memory is bounded by ``chunk · R · P_group``.
+
+Both assume the model treats examples independently (no batch statistics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, vmap
+
+Readout = Callable[[Tensor], Tensor]  # (n, C) model outputs -> (n, R) readouts
+
+
+@dataclass
+class Factors:
+    """Per-example gradient factors of one parameter.
+
+    ``X`` (N, T, d_x) and ``Y`` (N, T, R, d_y): the gradient of readout r at input n is
+    Σ_t Y[n, t, r] ⊗ X[n, t], laid out as (d_y, d_x) when ``y_rows`` (``nn.Linear``: weight
+    rows are outputs) and as (d_x, d_y) otherwise (``nn.Embedding``: rows are tokens).
+    """
+
+    X: Tensor
+    Y: Tensor
+    y_rows: bool
+
+    def gradient(self, weights: Tensor) -> Tensor:
+        """Σ_{n, r} weights[n, r] ∂y_r(x_n)/∂θ in the parameter's layout (before squeezing)."""
+        g = torch.einsum("ntry,ntx,nr->yx", self.Y, self.X, weights)
+        return g if self.y_rows else g.T
+
+
+def _module_factor_roles(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """id(parameter) → the (module, role) pairs through which Linear/Embedding use it."""
+    roles: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        if type(module) in (nn.Linear, nn.Embedding):
+            for role in ("weight", "bias"):
+                param = getattr(module, role, None)
+                if isinstance(param, nn.Parameter):
+                    roles.setdefault(id(param), []).append((module, role))
+    return roles
+
+
+def _x_factor(module: nn.Module, role: str, inp: Tensor, n: int) -> Tensor:
+    if isinstance(module, nn.Embedding):
+        return nn.functional.one_hot(inp.reshape(n, -1), module.num_embeddings).float()
+    if role == "bias":
+        return inp.new_ones(n, inp[..., 0].numel() // n, 1)
+    return inp.reshape(n, -1, inp.shape[-1])  # (n, T, d_in)
+
+
+def structured_factors(
+    model: nn.Module,
+    inputs: Tensor,
+    readout: Readout,
+    names: Sequence[str],
+    chunk_size: int,
+) -> tuple[dict[str, Factors], list[str]]:
+    """Structured factors of the parameters ``names`` that qualify, over all ``inputs``.
+
+    Returns (factors by parameter name, names that must take the generic path).
+    """
+    params = dict(model.named_parameters())
+    roles = _module_factor_roles(model)
+    candidates = {}
+    for name in names:
+        uses = roles.get(id(params[name]), [])
+        embedding = [isinstance(m, nn.Embedding) for m, _ in uses]
+        if uses and len(set(embedding)) == 1:
+            candidates[name] = uses
+    generic = [name for name in names if name not in candidates]
+    if not candidates:
+        return {}, generic
+
+    modules = {id(m): m for uses in candidates.values() for m, _ in uses}
+    parts: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in candidates}
+    verified = False
+    for start in range(0, len(inputs), chunk_size):
+        chunk = inputs[start : start + chunk_size]
+        n = len(chunk)
+        calls: list[tuple[nn.Module, Tensor, Tensor]] = []
+        hooks = [
+            m.register_forward_hook(lambda mod, inp, out: calls.append((mod, inp[0], out)))
+            for m in modules.values()
+        ]
+        try:
+            with torch.enable_grad():
+                y = readout(model(chunk))  # (n, R)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        R = y.shape[1]
+        outs = [out for _, _, out in calls]
+        batch_first = {id(m) for m, _, out in calls if out.shape[0] == n}
+        for name in [k for k, uses in candidates.items()
+                     if any(id(m) not in batch_first for m, _ in uses)]:
+            candidates.pop(name), parts.pop(name), generic.append(name)
+        cotangents = torch.eye(R, dtype=y.dtype, device=y.device)[:, None, :].expand(R, n, R)
+        grads = torch.autograd.grad(
+            y, outs, grad_outputs=cotangents, is_grads_batched=True,
+            retain_graph=not verified, allow_unused=True, materialize_grads=True,
+        )  # each (R, n, *out_shape)
+        per_call = {}
+        for (module, inp, out), g in zip(calls, grads, strict=True):
+            Y = g.reshape(R, n, -1, out.shape[-1]).permute(1, 2, 0, 3)  # (n, T, R, d_out)
+            per_call.setdefault(id(module), []).append((inp.detach(), Y))
+        for name, uses in candidates.items():
+            for module, role in uses:
+                for inp, Y in per_call.get(id(module), []):
+                    X = _x_factor(module, role, inp, n).to(Y.dtype)
+                    parts[name].append((start, X, Y))
+        if not verified:
+            generic += _verify(model, y, candidates, parts, start)
+            for name in generic:
+                candidates.pop(name, None)
+                parts.pop(name, None)
+            verified = True
+
+    factors = {}
+    for name, uses in candidates.items():
+        by_start: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        for start, X, Y in parts[name]:
+            by_start.setdefault(start, []).append((X, Y))
+        X = torch.cat([torch.cat([x for x, _ in c], dim=1) for c in by_start.values()], dim=0)
+        Y = torch.cat([torch.cat([yy for _, yy in c], dim=1) for c in by_start.values()], dim=0)
+        factors[name] = Factors(X, Y, y_rows=not isinstance(uses[0][0], nn.Embedding))
+    return factors, generic
+
+
+def _verify(model, y, candidates, parts, start) -> list[str]:
+    """Names whose factors do not reproduce autograd's gradient of a random readout mix."""
+    params = dict(model.named_parameters())
+    names = list(candidates)
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(y)
+    true = torch.autograd.grad((y * weights).sum(), [params[n] for n in names], allow_unused=True)
+    tol = 1e-4 if y.dtype != torch.float64 else 1e-9
+    failed = []
+    for name, g_true in zip(names, true, strict=True):
+        g = sum(
+            Factors(X, Y, not isinstance(candidates[name][0][0], nn.Embedding)).gradient(weights)
+            for s, X, Y in parts[name]
+            if s == start
+        )
+        g_true = torch.zeros_like(params[name]) if g_true is None else g_true
+        err = (g.reshape(g_true.shape) - g_true).norm()
+        if err > tol * max(g_true.norm().item(), 1e-30) + 1e-30:
+            failed.append(name)
+    return failed
+
+
+def generic_jacobians(
+    model: nn.Module,
+    inputs: Tensor,
+    readout: Readout,
+    names: Sequence[str],
+    chunk_size: int,
+) -> Iterator[tuple[int, Tensor]]:
+    """Per-example Jacobians of the readouts w.r.t. the parameters ``names``, chunk by chunk.
+
+    Yields (start index, Tensor (n, R, P)) with P = Σ numel over ``names`` in that order.
+    """
+    params = dict(model.named_parameters())
+    sub = {name: params[name].detach() for name in names}
+
+    def f(theta: dict[str, Tensor], x: Tensor) -> Tensor:
+        return readout(functional_call(model, theta, (x[None],)))[0]  # (R,)
+
+    jac = vmap(jacrev(f), in_dims=(None, 0))
+    for start in range(0, len(inputs), chunk_size):
+        blocks = jac(sub, inputs[start : start + chunk_size])
+        n = len(inputs[start : start + chunk_size])
+        yield start, torch.cat([blocks[name].reshape(n, blocks[name].shape[1], -1)
+                                for name in names], dim=-1)

@@ -1,0 +1,38 @@
+"""Modular addition: quadratic MLP (Gromov 2023) and one-layer transformer (Nanda et al. 2023).
+
+    >>> from testbeds import modadd
+    >>> run = modadd.train(modadd.preset("lin2025_mlp"), seed=0)   # cached after the first call
+    >>> model = run.final_model()
+    >>> truth = modadd.ground_truth(model)                          # named arrays over all p² pairs
+"""
+
+from testbeds.modadd.config import PRESETS, Config, preset
+from testbeds.modadd.ground_truth import (
+    CLEAR_CONCENTRATION,
+    FAMILIES,
+    KEY_FREQUENCY_FACTOR,
+    NeuronFrequencies,
+    fourier_families,
+    fourier_family,
+    frequency_power,
+    gromov_solution,
+    ground_truth,
+    key_frequencies,
+    neuron_frequencies,
+    restrict_to_frequencies,
+)
+from testbeds.modadd.models import ModAddMLP, ModAddTransformer
+from testbeds.modadd.train import TESTBED, labels, pairs, probe_inputs, split, train
+
+__all__ = [
+    # configuration
+    "Config", "PRESETS", "preset",
+    # models and data
+    "ModAddMLP", "ModAddTransformer", "pairs", "labels", "probe_inputs", "split",
+    # training
+    "TESTBED", "train",
+    # ground truth
+    "FAMILIES", "fourier_family", "fourier_families", "restrict_to_frequencies",
+    "frequency_power", "key_frequencies", "neuron_frequencies", "NeuronFrequencies",
+    "ground_truth", "gromov_solution", "KEY_FREQUENCY_FACTOR", "CLEAR_CONCENTRATION",
+]

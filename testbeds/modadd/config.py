@@ -1,0 +1,170 @@
+"""Configuration and named presets of the modular-addition testbed.
+
+All p² pairs (a, b) with label (a + b) mod p; a seeded train/test split. Two architectures:
+the one-hidden-layer quadratic MLP of Gromov (2023) and the one-layer transformer of
+Nanda et al. (2023). Presets are named after the paper whose setting they reproduce.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from torch import nn
+
+from testbeds.runs import default_checkpoints
+
+ARCHS = ("mlp", "transformer")
+ACTIVATIONS = ("quadratic", "relu")
+LOSSES = ("mse", "cross_entropy")
+
+
+def is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+@dataclass(frozen=True)
+class Config:
+    """One modular-addition training setting. Fields not used by ``arch`` are ignored."""
+
+    arch: str = "mlp"  # "mlp" (Gromov 2023) or "transformer" (Nanda et al. 2023)
+    p: int = 29  # modulus; odd prime so that the Fourier ground truth is defined
+    train_fraction: float = 0.7  # fraction of the p² pairs used for training
+    # --- quadratic MLP: concat(one_hot(a), one_hot(b)) -> Linear(2p, width)/sqrt(2p) -> act
+    #     -> Linear(width, p)/width; all weights N(0, 1), no biases
+    width: int = 512  # hidden neurons n
+    activation: str = "quadratic"  # "quadratic" (x²) or "relu"
+    loss: str = "mse"  # "mse" on one-hot targets or "cross_entropy"
+    # --- one-layer transformer over tokens (a, b, =); no LayerNorm; logits read at "="
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+    # --- optimisation: AdamW
+    lr: float = 0.05
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int | None = None  # None = full batch
+    warmup_steps: int = 0  # linear learning-rate warm-up over this many optimizer steps
+    epochs: int = 500
+    checkpoints: tuple[int, ...] | None = None  # epochs to keep; None = default_checkpoints
+    log_every: int = 1  # evaluate train/test loss and accuracy every this many epochs
+
+    def __post_init__(self) -> None:
+        def fail(name: str, allowed: str) -> None:
+            raise ValueError(f"{name} must be {allowed}, got {name}={getattr(self, name)!r}")
+
+        if self.arch not in ARCHS:
+            fail("arch", f"one of {ARCHS}")
+        if not isinstance(self.p, int) or self.p < 3 or not is_prime(self.p):
+            fail("p", "an odd prime ≥ 3 (the Fourier ground truth needs it)")
+        if not 0.0 < self.train_fraction < 1.0:
+            fail("train_fraction", "in the open interval (0, 1)")
+        for name in ("width", "d_model", "n_heads", "d_mlp", "epochs", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                fail(name, "a positive int")
+        if self.d_model % self.n_heads:
+            fail("n_heads", f"a divisor of d_model={self.d_model}")
+        if self.activation not in ACTIVATIONS:
+            fail("activation", f"one of {ACTIVATIONS}")
+        if self.loss not in LOSSES:
+            fail("loss", f"one of {LOSSES}")
+        if self.arch == "transformer" and self.loss != "cross_entropy":
+            fail("loss", "'cross_entropy' for arch='transformer'")
+        if not self.lr > 0:
+            fail("lr", "> 0")
+        if not self.weight_decay >= 0:
+            fail("weight_decay", "≥ 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            fail("betas", "a pair in [0, 1)")
+        if self.batch_size is not None and (
+            not isinstance(self.batch_size, int) or self.batch_size <= 0
+        ):
+            fail("batch_size", "None (full batch) or a positive int")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            fail("warmup_steps", "a non-negative int")
+        if self.checkpoints is not None:
+            steps = tuple(self.checkpoints)
+            if not steps or any(not isinstance(s, int) or not 0 <= s <= self.epochs for s in steps):
+                fail("checkpoints", f"None or a non-empty tuple of ints in 0..epochs={self.epochs}")
+            object.__setattr__(self, "checkpoints", tuple(sorted(set(steps))))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    @property
+    def n_pairs(self) -> int:
+        return self.p * self.p
+
+    @property
+    def n_train(self) -> int:
+        return round(self.train_fraction * self.n_pairs)
+
+    @property
+    def checkpoint_epochs(self) -> tuple[int, ...]:
+        return self.checkpoints if self.checkpoints is not None else default_checkpoints(self.epochs)
+
+    def replace(self, **changes) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def build_model(self) -> nn.Module:
+        """An untrained model for this config (weights from torch's global RNG; ``train``
+        initialises them from the seed)."""
+        from testbeds.modadd.models import ModAddMLP, ModAddTransformer
+
+        if self.arch == "mlp":
+            return ModAddMLP(self.p, self.width, self.activation)
+        return ModAddTransformer(self.p, self.d_model, self.n_heads, self.d_mlp)
+
+
+PRESETS: dict[str, Config] = {
+    # Gromov 2023 quadratic MLP in the setting of Lin 2025 (arXiv 2510.00468), Table 1.
+    "lin2025_mlp": Config(
+        arch="mlp",
+        p=29,
+        width=512,
+        train_fraction=0.7,
+        lr=0.05,
+        weight_decay=0.01,
+        betas=(0.9, 0.999),
+        epochs=500,
+    ),
+    # One-layer transformer in the setting of Lin 2025 v3, Table 2.
+    "lin2025_transformer": Config(
+        arch="transformer",
+        p=29,
+        d_model=64,
+        n_heads=4,
+        d_mlp=256,
+        loss="cross_entropy",
+        train_fraction=0.5,
+        lr=3e-4,
+        weight_decay=1.0,
+        betas=(0.9, 0.999),
+        batch_size=64,
+        epochs=4000,
+        log_every=10,
+    ),
+    # Nanda et al. 2023, "Progress measures for grokking via mechanistic interpretability":
+    # full batch, 10-step warm-up, 40k epochs.
+    "nanda2023": Config(
+        arch="transformer",
+        p=113,
+        d_model=128,
+        n_heads=4,
+        d_mlp=512,
+        loss="cross_entropy",
+        train_fraction=0.3,
+        lr=1e-3,
+        weight_decay=1.0,
+        betas=(0.9, 0.98),
+        warmup_steps=10,
+        epochs=40000,
+        log_every=100,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> Config:
+    """The named preset, optionally with fields replaced (validated again)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got preset={name!r}")
+    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]

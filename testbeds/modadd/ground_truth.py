@@ -1,0 +1,207 @@
+"""Ground truth of the modular-addition testbed.
+
+Everything is indexed over all p² inputs in canonical order (i = a·p + b) and frequencies are
+1-based, k = 1 … K with K = (p − 1)/2.
+
+* Fourier feature families (Nanda et al. 2023; Lin 2025): for v ∈ {a, b, a+b, a−b} (mod p) the
+  columns cos(2πk·v/p), sin(2πk·v/p), k = 1 … K — a (p², p − 1) float64 matrix, zero-mean and
+  orthogonal over the p² inputs.
+* Key frequencies of a trained network, read from its token embedding (the transformer's W_E,
+  the MLP's first-layer columns) as in Nanda et al. 2023.
+* Each hidden neuron's dominant frequency (argmax of its Fourier power) and its Fourier
+  concentration, so neurons without a clear frequency can be set aside.
+* :func:`gromov_solution` — Gromov (2023)'s analytic weights for the quadratic MLP, a planted
+  positive whose circuits are known without training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from testbeds.modadd.models import ModAddMLP, ModAddTransformer
+
+FAMILIES = ("a", "b", "sum", "difference")
+
+# A frequency is "key" when its share of the embedding's non-constant Fourier power is at least
+# KEY_FREQUENCY_FACTOR times the uniform share 1/K. Fixed before any run was trained.
+KEY_FREQUENCY_FACTOR = 2.0
+# A neuron has a "clear" dominant frequency when that frequency carries at least this fraction
+# of its non-constant Fourier power (a strict majority). Fixed before any run was trained.
+CLEAR_CONCENTRATION = 0.5
+
+
+def n_frequencies(p: int) -> int:
+    return (p - 1) // 2
+
+
+def fourier_family(p: int, family: str) -> Tensor:
+    """Fourier features of one family over all p² inputs, shape (p², p − 1), float64.
+
+    Columns alternate cos, sin for k = 1 … (p − 1)/2.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got family={family!r}")
+    if p < 3 or p % 2 == 0:
+        raise ValueError(f"p must be an odd integer ≥ 3 for Fourier families, got p={p}")
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    a, b = a.reshape(-1), b.reshape(-1)
+    v = {"a": a, "b": b, "sum": (a + b) % p, "difference": (a - b) % p}[family]
+    k = torch.arange(1, n_frequencies(p) + 1, dtype=torch.float64)
+    angle = 2 * math.pi * v[:, None].double() * k[None, :] / p  # (p², K)
+    return torch.stack([angle.cos(), angle.sin()], dim=-1).reshape(p * p, -1)
+
+
+def fourier_families(p: int) -> dict[str, Tensor]:
+    """All four families: name → (p², p − 1) float64."""
+    return {name: fourier_family(p, name) for name in FAMILIES}
+
+
+def restrict_to_frequencies(features: Tensor, frequencies: Tensor | list[int]) -> Tensor:
+    """Columns of a family matrix (cos/sin interleaved) at the given 1-based frequencies,
+    shape (p², 2·len(frequencies))."""
+    cols = [c for k in frequencies for c in (2 * (int(k) - 1), 2 * (int(k) - 1) + 1)]
+    return features[:, cols]
+
+
+def frequency_power(signal: Tensor) -> Tensor:
+    """Fourier power of real signals over Z_p along the last axis at k = 1 … (p − 1)/2.
+
+    Shape (..., p) → (..., K); the k and p − k components are combined.
+    """
+    p = signal.shape[-1]
+    spectrum = torch.fft.rfft(signal.double(), dim=-1)[..., 1 : n_frequencies(p) + 1]
+    return 2 * spectrum.abs().square()
+
+
+def embedding_frequency_power(model: nn.Module) -> Tensor:
+    """Fourier power of the token embedding per frequency, summed over embedding dimensions
+    (and over both operand slots for the MLP), shape (K,)."""
+    if isinstance(model, ModAddMLP):
+        w = model.layer1.weight.detach()  # (n, 2p): columns embed a then b
+        p = model.p
+        return frequency_power(w[:, :p]).sum(0) + frequency_power(w[:, p:]).sum(0)
+    if isinstance(model, ModAddTransformer):
+        return frequency_power(model.embed.weight.detach()[: model.p].T).sum(0)
+    raise ValueError(f"model must be ModAddMLP or ModAddTransformer, got {type(model).__name__}")
+
+
+def key_frequencies(model: nn.Module, factor: float = KEY_FREQUENCY_FACTOR) -> Tensor:
+    """1-based frequencies whose share of the embedding's Fourier power is ≥ factor / K,
+    sorted by decreasing power; shape (|K|,), long."""
+    power = embedding_frequency_power(model)
+    share = power / power.sum()
+    order = torch.argsort(share, descending=True)
+    return order[share[order] >= factor / len(share)] + 1
+
+
+@dataclass(frozen=True)
+class NeuronFrequencies:
+    """Per-neuron Fourier summary: ``dominant`` (m,) long 1-based frequency, ``concentration``
+    (m,) float64 share of non-constant power at it, ``clear`` (m,) bool."""
+
+    dominant: Tensor
+    concentration: Tensor
+    clear: Tensor
+
+    @classmethod
+    def from_power(
+        cls, power: Tensor, total: Tensor, threshold: float = CLEAR_CONCENTRATION
+    ) -> NeuronFrequencies:
+        top, arg = power.max(dim=-1)
+        concentration = top / total.clamp_min(torch.finfo(total.dtype).tiny)
+        return cls(arg + 1, concentration, concentration >= threshold)
+
+
+def mlp_neuron_frequencies(model: ModAddMLP, threshold: float = CLEAR_CONCENTRATION):
+    """Dominant frequency of each hidden neuron of the MLP from its weights: the Fourier power
+    of its incoming a-weights, incoming b-weights and outgoing weights, summed."""
+    p = model.p
+    w1 = model.layer1.weight.detach()  # (n, 2p)
+    w2 = model.layer2.weight.detach().T  # (n, p)
+    power = frequency_power(w1[:, :p]) + frequency_power(w1[:, p:]) + frequency_power(w2)
+    return NeuronFrequencies.from_power(power, power.sum(-1), threshold)
+
+
+def activation_neuron_frequencies(acts: Tensor, threshold: float = CLEAR_CONCENTRATION):
+    """Dominant frequency of neurons from their activations over all pairs.
+
+    ``acts`` (p², m) in canonical order. The 2-D Fourier power at frequency k collects the
+    components (±k, 0), (0, ±k), (±k, ±k) — the terms of cos/sin(k·a), (k·b), (k(a ± b));
+    the concentration divides by all non-constant power, so mixed-frequency terms lower it.
+    """
+    p = math.isqrt(acts.shape[0])
+    grid = acts.double().reshape(p, p, -1)
+    spec = torch.fft.fft2(grid - grid.mean((0, 1)), dim=(0, 1)).abs().square()  # (p, p, m)
+    power = []
+    for k in range(1, n_frequencies(p) + 1):
+        idx = {(u % p, v % p) for u in (0, k, -k) for v in (0, k, -k) if (u, v) != (0, 0)}
+        power.append(sum(spec[u, v] for u, v in idx))
+    power = torch.stack(power, dim=-1)  # (m, K)
+    return NeuronFrequencies.from_power(power, spec.sum((0, 1)), threshold)
+
+
+def neuron_frequencies(model: nn.Module, threshold: float = CLEAR_CONCENTRATION):
+    """Dominant frequency per hidden neuron: from weights for the MLP (as in Gromov 2023),
+    from MLP activations at "=" over all pairs for the transformer (as in Nanda et al. 2023)."""
+    if isinstance(model, ModAddMLP):
+        return mlp_neuron_frequencies(model, threshold)
+    if isinstance(model, ModAddTransformer):
+        a, b = torch.meshgrid(torch.arange(model.p), torch.arange(model.p), indexing="ij")
+        tokens = torch.stack([a.reshape(-1), b.reshape(-1), torch.full((model.p**2,), model.p)], 1)
+        with torch.no_grad():
+            acts = model.neuron_activations(tokens)
+        return activation_neuron_frequencies(acts, threshold)
+    raise ValueError(f"model must be ModAddMLP or ModAddTransformer, got {type(model).__name__}")
+
+
+def ground_truth(model: nn.Module) -> dict[str, Tensor]:
+    """Named ground-truth arrays of a modular-addition network.
+
+    Returns ``fourier_a``, ``fourier_b``, ``fourier_sum``, ``fourier_difference`` (each
+    (p², p − 1) float64), ``key_frequencies`` (|K|,), ``neuron_frequency`` (m,),
+    ``neuron_concentration`` (m,) and ``neuron_clear`` (m,) bool.
+    """
+    families = {f"fourier_{name}": mat for name, mat in fourier_families(model.p).items()}
+    neurons = neuron_frequencies(model)
+    return {
+        **families,
+        "key_frequencies": key_frequencies(model),
+        "neuron_frequency": neurons.dominant,
+        "neuron_concentration": neurons.concentration,
+        "neuron_clear": neurons.clear,
+    }
+
+
+def gromov_solution(p: int, width: int, seed: int = 0) -> ModAddMLP:
+    """Gromov (2023)'s analytic solution of the quadratic MLP, built by hand.
+
+    Neuron j gets frequency σ_j (frequencies dealt out in turn, so each gets ≈ width/K neurons)
+    and random phases φ_j, ψ_j:  W₁[j, a] = cos(2πσ_j a/p + φ_j),  W₁[j, p + b] =
+    cos(2πσ_j b/p + ψ_j),  W₂[q, j] = cos(2πσ_j q/p + φ_j + ψ_j)... with the sign that makes the
+    product term peak at q = a + b. A common scale makes the mean correct-class logit 1.
+    """
+    if width < n_frequencies(p):
+        raise ValueError(f"width must be ≥ (p-1)/2 = {n_frequencies(p)}, got width={width}")
+    generator = torch.Generator().manual_seed(seed)
+    sigma = (torch.arange(width) % n_frequencies(p) + 1).double()  # (n,)
+    phi, psi = 2 * math.pi * torch.rand(2, width, generator=generator, dtype=torch.float64)
+    v = torch.arange(p, dtype=torch.float64)
+    theta = 2 * math.pi * sigma[:, None] * v[None, :] / p  # (n, p)
+    w_a = torch.cos(theta + phi[:, None])
+    w_b = torch.cos(theta + psi[:, None])
+    w_out = torch.cos(theta - (phi + psi)[:, None]).T  # (p, n)
+    model = ModAddMLP(p, width, "quadratic").double()
+    with torch.no_grad():
+        model.layer1.weight.copy_(torch.cat([w_a, w_b], dim=1))
+        model.layer2.weight.copy_(w_out)
+        a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+        a, b = a.reshape(-1), b.reshape(-1)
+        logits = model(ModAddMLP.encode(a, b, p).double())
+        scale = logits[torch.arange(p * p), (a + b) % p].mean() ** (-1 / 3)
+        model.layer1.weight.mul_(scale)
+        model.layer2.weight.mul_(scale)
+    return model.float()

@@ -1,0 +1,320 @@
+"""Training runs and their on-disk cache.
+
+A :class:`Run` is what ``train(config, seed)`` of every testbed returns: model checkpoints at
+chosen steps, a per-step log and provenance. Runs are cached on disk under a key that hashes
+the testbed name, the config, the seed and the source code of the testbed, so that editing a
+training loop invalidates its runs and nothing else does.
+
+Cache rules (DESIGN.md, "Testbed"):
+
+* writes are atomic (temporary file + ``os.replace``), so a reader never sees half a file;
+* a per-key file lock makes concurrent requests (pytest-xdist workers, two shells) train once;
+  the others wait and load the result;
+* an unreadable cache file is discarded with a warning and the run is retrained;
+* long training saves a resumable partial state every ``PARTIAL_SAVE_SECONDS``; an interrupted
+  run continues from it and produces the same checkpoints as an uninterrupted one.
+
+The cache lives in ``$NTKBENCH_CACHE`` (default ``~/.cache/ntkbench``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+CACHE_ENV = "NTKBENCH_CACHE"
+CACHE_FORMAT = 1
+PARTIAL_SAVE_SECONDS = 30.0
+
+
+def cache_dir() -> Path:
+    """The run cache folder: ``$NTKBENCH_CACHE`` or ``~/.cache/ntkbench``."""
+    root = os.environ.get(CACHE_ENV)
+    return Path(root) if root else Path.home() / ".cache" / "ntkbench"
+
+
+def _canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(_canonical_json(dataclasses.asdict(config)))
+
+
+def config_hash(config: Any) -> str:
+    """Short content hash of a config dataclass (seed not included)."""
+    return hashlib.sha256(_canonical_json(config_dict(config)).encode()).hexdigest()[:16]
+
+
+def code_hash(paths: Sequence[Path]) -> str:
+    """Hash of the source files that define a testbed (its training code and models)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def git_sha() -> str:
+    """The commit of the working tree this package runs from, or ``"unknown"``."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the interpreter and the packages that decide the numbers."""
+    import numpy
+    import scipy
+    import sklearn
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "sklearn": sklearn.__version__,
+        "pandas": pd.__version__,
+    }
+
+
+def default_checkpoints(epochs: int, n_log: int = 20, n_linear: int = 20) -> tuple[int, ...]:
+    """Checkpoint epochs: initialisation, ``n_log`` log-spaced and ``n_linear + 1`` evenly
+    spaced epochs up to the end — dense early, where grokking and feature onset happen."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be ≥ 1, got epochs={epochs}")
+    steps = {0, epochs}
+    for i in range(n_log):
+        steps.add(round(epochs ** (i / max(n_log - 1, 1))))
+    for i in range(n_linear + 1):
+        steps.add(round(epochs * i / n_linear))
+    return tuple(sorted(s for s in steps if 0 <= s <= epochs))
+
+
+@dataclass
+class Run:
+    """A finished training run.
+
+    Attributes:
+        testbed: registry name of the testbed (e.g. ``"modadd"``).
+        config: the testbed's frozen ``Config``.
+        seed: the training seed.
+        checkpoints: step → ``state_dict`` (CPU tensors); step 0 is initialisation.
+        log: one row per logged step (columns depend on the testbed).
+        meta: provenance — ``config_hash``, ``code_hash``, ``git_sha``, ``versions``,
+            ``seconds`` (training time), ``created_at``.
+        from_cache: whether this object was loaded rather than trained in this process.
+    """
+
+    testbed: str
+    config: Any
+    seed: int
+    checkpoints: dict[int, dict[str, torch.Tensor]]
+    log: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+    from_cache: bool = False
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(self.checkpoints)
+
+    @property
+    def final_step(self) -> int:
+        return self.steps[-1]
+
+    def model_at(self, step: int) -> nn.Module:
+        """A fresh model (eval mode) holding the weights of checkpoint ``step``."""
+        if step not in self.checkpoints:
+            raise ValueError(f"no checkpoint at step={step}; available steps: {self.steps}")
+        model = self.config.build_model()
+        model.load_state_dict(self.checkpoints[step])
+        return model.eval()
+
+    def final_model(self) -> nn.Module:
+        return self.model_at(self.final_step)
+
+
+class RunStore:
+    """Files of one cached run: the finished run, its resumable partial state and its lock."""
+
+    def __init__(self, root: Path, key: str):
+        self.root = root
+        self.key = key
+        self.path = root / f"{key}.pt"
+        self.partial_path = root / f"{key}.partial.pt"
+        self.lock_path = root / f"{key}.lock"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _write(self, path: Path, payload: dict[str, Any]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(payload, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
+                raise ValueError(f"unexpected cache format in {path}")
+            return payload
+        except Exception as err:  # any unreadable file is discarded, never a crash
+            warnings.warn(
+                f"discarding unreadable cache file {path} ({type(err).__name__}: {err})",
+                stacklevel=3,
+            )
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return None
+
+    def load(self) -> dict[str, Any] | None:
+        return self._read(self.path)
+
+    def save(self, payload: dict[str, Any]) -> None:
+        self._write(self.path, {**payload, "format": CACHE_FORMAT})
+
+    def load_partial(self) -> dict[str, Any] | None:
+        return self._read(self.partial_path)
+
+    def save_partial(self, state: dict[str, Any]) -> None:
+        self._write(self.partial_path, {**state, "format": CACHE_FORMAT})
+
+    def drop_partial(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.partial_path.unlink()
+
+
+class PartialSaver:
+    """Saves a resumable training state at most every ``interval`` seconds."""
+
+    def __init__(self, store: RunStore | None, interval: float = PARTIAL_SAVE_SECONDS):
+        self.store = store
+        self.interval = interval
+        self._last = time.monotonic()
+
+    def maybe_save(self, make_state: Callable[[], dict[str, Any]]) -> None:
+        if self.store is None or time.monotonic() - self._last < self.interval:
+            return
+        self.store.save_partial(make_state())
+        self._last = time.monotonic()
+
+
+TrainFn = Callable[[Any, int, RunStore | None], dict[str, Any]]
+
+
+def cached_run(
+    testbed: str,
+    config: Any,
+    seed: int,
+    train_fn: TrainFn,
+    code_paths: Sequence[Path],
+    *,
+    cache: bool = True,
+    force: bool = False,
+) -> Run:
+    """Load the run of ``(testbed, config, seed)`` from the cache, or train and cache it.
+
+    ``train_fn(config, seed, store)`` returns a payload with ``checkpoints`` (step →
+    state_dict), ``log`` (column → list) and ``seconds``; it may resume from
+    ``store.load_partial()`` and save partial states through :class:`PartialSaver`.
+    ``force=True`` retrains and overwrites; ``cache=False`` trains without touching disk.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got seed={seed!r}")
+    cfg = config_dict(config)
+    chash = code_hash(code_paths)
+    key = hashlib.sha256(
+        _canonical_json({"testbed": testbed, "config": cfg, "seed": seed, "code": chash}).encode()
+    ).hexdigest()[:24]
+    meta = {
+        "config_hash": config_hash(config),
+        "code_hash": chash,
+        "cache_key": key,
+        "git_sha": git_sha(),
+        "versions": versions(),
+    }
+
+    def build(payload: dict[str, Any], from_cache: bool) -> Run:
+        checkpoints = {int(k): v for k, v in payload["checkpoints"].items()}
+        return Run(
+            testbed=testbed,
+            config=config,
+            seed=seed,
+            checkpoints=dict(sorted(checkpoints.items())),
+            log=pd.DataFrame(payload["log"]),
+            meta={**payload["meta"], "cache_key": key},
+            from_cache=from_cache,
+        )
+
+    def train_payload(store: RunStore | None) -> dict[str, Any]:
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        out = train_fn(config, seed, store)
+        out["meta"] = {
+            **meta,
+            "testbed": testbed,
+            "seed": seed,
+            "config": cfg,
+            "seconds": out.pop("seconds"),
+            "created_at": started,
+        }
+        return out
+
+    if not cache:
+        return build(train_payload(None), from_cache=False)
+
+    store = RunStore(cache_dir() / "runs" / testbed, key)
+    with store.locked():
+        payload = None if force else store.load()
+        if payload is not None:
+            return build(payload, from_cache=True)
+        if force:
+            store.drop_partial()
+        payload = train_payload(store)
+        store.save(payload)
+        store.drop_partial()
+        return build(payload, from_cache=False)
