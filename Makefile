@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m pytest hypotheses/ -n 2 -p no:cacheprovider -rA
+	$(BIN)/python -m pytest hypotheses/ -n 2 --dist loadgroup -p no:cacheprovider -rA
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests/ -n 2 -q

@@ -348,6 +348,7 @@ def unit_similarity(
     units: Sequence[UnitSpec],
     *,
     output: Output = "trace",
+    center: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
     max_block_bytes: int = 2**30,
 ) -> Tensor:
@@ -358,8 +359,10 @@ def unit_similarity(
 
     with Θ_j the data-space kernel of unit j's parameters alone (:func:`unit_kernels`). For
     ``output="full"`` this equals the normalised energy ‖J_jᵀ J_k‖_F² of the (j, k) block of the
-    parameter-space eNTK; for ``"trace"`` the kernels are class-averaged first. Units whose
-    kernel is zero get zero similarity. Kernels are held ``max_block_bytes`` at a time.
+    parameter-space eNTK; for ``"trace"`` the kernels are class-averaged first.
+    ``center=True`` double-centres each Θ_j over the inputs first (Θ ↦ HΘH, H = I − 11ᵀ/N,
+    as in CKA), which removes the constant mode that all units share. Units whose kernel is
+    zero get zero similarity. Kernels are held ``max_block_bytes`` at a time.
     """
     kernel = unit_kernels(model, inputs, units, output=output, chunk_size=chunk_size)
     U = len(units)
@@ -367,8 +370,14 @@ def unit_similarity(
     per_block = max(1, max_block_bytes // (first.numel() * first.element_size()))
     starts = list(range(0, U, per_block))
 
+    def prepared(unit: UnitSpec) -> Tensor:
+        K = kernel(unit)
+        if center:
+            K = K - K.mean(0, keepdim=True) - K.mean(1, keepdim=True) + K.mean((0, 1))
+        return K.reshape(-1)
+
     def block(start: int) -> Tensor:
-        return torch.stack([kernel(u).reshape(-1) for u in units[start : start + per_block]])
+        return torch.stack([prepared(u) for u in units[start : start + per_block]])
 
     gram = torch.zeros(U, U, dtype=torch.float64)
     for i, si in enumerate(starts):

@@ -46,7 +46,8 @@ class Factors:
 
     def gradient(self, weights: Tensor) -> Tensor:
         """Σ_{n, r} weights[n, r] ∂y_r(x_n)/∂θ in the parameter's layout (before squeezing)."""
-        g = torch.einsum("ntry,ntx,nr->yx", self.Y, self.X, weights)
+        mixed = torch.einsum("ntry,nr->nty", self.Y, weights)  # contract readouts first
+        g = torch.einsum("nty,ntx->yx", mixed, self.X)
         return g if self.y_rows else g.T
 
 

@@ -98,7 +98,7 @@ def versions() -> dict[str, str]:
 
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
         "sklearn": sklearn.__version__,
@@ -232,9 +232,9 @@ class RunStore:
 class PartialSaver:
     """Saves a resumable training state at most every ``interval`` seconds."""
 
-    def __init__(self, store: RunStore | None, interval: float = PARTIAL_SAVE_SECONDS):
+    def __init__(self, store: RunStore | None, interval: float | None = None):
         self.store = store
-        self.interval = interval
+        self.interval = PARTIAL_SAVE_SECONDS if interval is None else interval
         self._last = time.monotonic()
 
     def maybe_save(self, make_state: Callable[[], dict[str, Any]]) -> None:

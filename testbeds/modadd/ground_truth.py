@@ -181,8 +181,9 @@ def gromov_solution(p: int, width: int, seed: int = 0) -> ModAddMLP:
 
     Neuron j gets frequency σ_j (frequencies dealt out in turn, so each gets ≈ width/K neurons)
     and random phases φ_j, ψ_j:  W₁[j, a] = cos(2πσ_j a/p + φ_j),  W₁[j, p + b] =
-    cos(2πσ_j b/p + ψ_j),  W₂[q, j] = cos(2πσ_j q/p + φ_j + ψ_j)... with the sign that makes the
-    product term peak at q = a + b. A common scale makes the mean correct-class logit 1.
+    cos(2πσ_j b/p + ψ_j),  W₂[q, j] = cos(2πσ_j q/p + φ_j + ψ_j). The cross term of the square,
+    cos(θ(a+b) + φ + ψ), times W₂ averages over the phases to cos(θ(a + b − q)), which peaks
+    at q = a + b. A common scale makes the mean correct-class logit 1.
     """
     if width < n_frequencies(p):
         raise ValueError(f"width must be ≥ (p-1)/2 = {n_frequencies(p)}, got width={width}")
@@ -193,7 +194,7 @@ def gromov_solution(p: int, width: int, seed: int = 0) -> ModAddMLP:
     theta = 2 * math.pi * sigma[:, None] * v[None, :] / p  # (n, p)
     w_a = torch.cos(theta + phi[:, None])
     w_b = torch.cos(theta + psi[:, None])
-    w_out = torch.cos(theta - (phi + psi)[:, None]).T  # (p, n)
+    w_out = torch.cos(theta + (phi + psi)[:, None]).T  # (p, n): product term peaks at q = a + b
     model = ModAddMLP(p, width, "quadratic").double()
     with torch.no_grad():
         model.layer1.weight.copy_(torch.cat([w_a, w_b], dim=1))

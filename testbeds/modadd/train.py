@@ -1,13 +1,12 @@
 """Data, split and training loop of the modular-addition testbed.
 
-Run it directly to train (or load) one preset::
+Train (or load from the cache) one preset from the shell::
 
-    python -m testbeds.modadd.train lin2025_mlp --seed 0
+    python -m testbeds.modadd lin2025_mlp --seed 0
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from testbeds.modadd.config import Config, preset
+from testbeds.modadd.config import Config
 from testbeds.modadd.models import ModAddMLP
 from testbeds.runs import PartialSaver, Run, RunStore, cached_run
 
@@ -146,19 +145,3 @@ def train(config: Config, seed: int = 0, *, cache: bool = True, force: bool = Fa
     if not isinstance(config, Config):
         raise ValueError(f"config must be a testbeds.modadd.Config, got {type(config).__name__}")
     return cached_run(TESTBED, config, seed, _train, CODE_PATHS, cache=cache, force=force)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("preset")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="retrain even if cached")
-    args = parser.parse_args()
-    run = train(preset(args.preset), args.seed, force=args.force)
-    last = run.log.iloc[-1]
-    print(f"{args.preset} seed={args.seed}: train_acc={last.train_acc:.3f} "
-          f"test_acc={last.test_acc:.3f} ({run.meta['seconds']:.1f}s, cached={run.from_cache})")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,88 @@
+"""Shared machinery of the claim checks: cached testbed runs and result records.
+
+* ``record`` (fixture) writes a :class:`leaderboard.Record` for a statistic, filling in the
+  provenance (config hash, git commit, versions, start time, duration, session id).
+* Trained runs come from the testbeds' disk cache, so xdist workers share them and a second
+  ``pytest hypotheses/`` trains nothing.
+* At the end of a session the claims table of the newest records is written to
+  ``results/claims.md`` and printed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+import torch
+
+from leaderboard.records import Record, append, claims_table, read, records_path, results_dir
+from testbeds.runs import config_hash, git_sha, versions
+
+RUN_ID_KEY = "ntkbench_run_id"
+
+
+def pytest_configure(config):
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        config._ntkbench_run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
+        workers = 1
+    else:
+        config._ntkbench_run_id = workerinput[RUN_ID_KEY]
+        workers = int(workerinput.get("workercount", 1))
+    # share the cores between xdist workers instead of oversubscribing them
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_configure_node(node):
+    node.workerinput[RUN_ID_KEY] = node.config._ntkbench_run_id
+
+
+@pytest.fixture
+def record(request):
+    """``record(claim=..., testbed=..., config=..., preset=..., seed=..., statistic=...,
+    value=..., threshold=..., comparison=..., control_value=..., chance=..., extra=...)``
+    appends a Record and returns it."""
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    clock = time.perf_counter()
+    run_id = request.config._ntkbench_run_id
+
+    def write(*, config, value, threshold, comparison, **fields) -> Record:
+        from leaderboard.records import compare
+
+        value = float(value)
+        rec = Record(
+            value=value,
+            threshold=float(threshold),
+            comparison=comparison,
+            passed=compare(value, comparison, threshold),
+            config_hash=config_hash(config),
+            git_sha=git_sha(),
+            versions=versions(),
+            started_at=started,
+            seconds=time.perf_counter() - clock,
+            run_id=run_id,
+            **fields,
+        )
+        append(rec)
+        return rec
+
+    return write
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if getattr(session.config, "workerinput", None) is not None or not records_path().exists():
+        return
+    records = read()
+    if "run_id" in records:
+        records = records[records["run_id"] == session.config._ntkbench_run_id]
+    if records.empty:
+        return
+    table = claims_table(records)
+    out = results_dir() / "claims.md"
+    out.write_text(table + "\n")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\nClaims of this session ({records_path()}):\n{table}")

@@ -1,0 +1,145 @@
+"""Records: one JSON object per line in ``results/records.jsonl``, the local source of truth.
+
+Every claim check and every leaderboard score is a :class:`Record` carrying its value, the
+pre-registered threshold and comparison, the control value, and provenance (config hash,
+seed, git commit, package versions, start time, duration). Appends take an exclusive file
+lock, so pytest-xdist workers can write to the same file.
+
+The file lives in ``$NTKBENCH_RESULTS`` (default ``./results``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RESULTS_ENV = "NTKBENCH_RESULTS"
+COMPARISONS = (">=", "<=")
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get(RESULTS_ENV, "results"))
+
+
+def records_path() -> Path:
+    return results_dir() / "records.jsonl"
+
+
+def compare(value: float, comparison: str, threshold: float) -> bool:
+    """``value comparison threshold``; NaN never passes."""
+    if comparison not in COMPARISONS:
+        raise ValueError(f"comparison must be one of {COMPARISONS}, got comparison={comparison!r}")
+    if value is None or math.isnan(value):
+        return False
+    return value >= threshold if comparison == ">=" else value <= threshold
+
+
+@dataclass
+class Record:
+    """One measured statistic against its pre-registered criterion."""
+
+    claim: str  # e.g. "H1a"
+    testbed: str
+    preset: str
+    seed: int
+    statistic: str  # what was measured, e.g. "second_cliff_overlap_sum"
+    value: float
+    threshold: float
+    comparison: str  # ">=" or "<="
+    passed: bool
+    control_value: float | None = None
+    chance: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    config_hash: str = ""
+    git_sha: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    started_at: str = ""
+    seconds: float = 0.0
+    run_id: str = ""  # one id per `pytest hypotheses/` session
+
+    def __post_init__(self) -> None:
+        if self.comparison not in COMPARISONS:
+            raise ValueError(f"comparison must be one of {COMPARISONS}, got {self.comparison!r}")
+
+    def to_json(self) -> str:
+        def clean(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            if isinstance(v, list | tuple):
+                return [clean(x) for x in v]
+            return v
+
+        return json.dumps(clean(asdict(self)), sort_keys=True)
+
+
+def append(record: Record, path: Path | None = None) -> Path:
+    """Append one record (one line) under an exclusive lock; returns the file written."""
+    path = Path(path) if path is not None else records_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = record.to_json() + "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    return path
+
+
+def read(path: Path | None = None) -> pd.DataFrame:
+    """All records as a DataFrame (empty if there are none); malformed lines are skipped."""
+    path = Path(path) if path is not None else records_path()
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return pd.DataFrame(rows)
+
+
+def latest(records: pd.DataFrame) -> pd.DataFrame:
+    """For each (claim, testbed, preset, statistic, seed) the record of the newest run."""
+    if records.empty:
+        return records
+    keys = ["claim", "testbed", "preset", "statistic", "seed"]
+    return records.sort_values("started_at").groupby(keys, as_index=False).tail(1)
+
+
+def claims_table(records: pd.DataFrame) -> str:
+    """Markdown table of the newest records: one row per (claim, statistic), every seed's
+    value, the control values, chance, the criterion and the verdict over seeds."""
+    if records.empty:
+        return "(no records)"
+    rows = []
+    recent = latest(records)
+    for (claim, preset, statistic), group in recent.groupby(["claim", "preset", "statistic"]):
+        group = group.sort_values("seed")
+
+        def fmt(values) -> str:
+            return ", ".join("–" if v is None or pd.isna(v) else f"{v:.3f}" for v in values)
+
+        chance = group["chance"].dropna()
+        rows.append(
+            f"| {claim} | {preset} | {statistic} | {fmt(group['value'])} | "
+            f"{fmt(group['control_value'])} | {fmt(chance.iloc[:1]) if len(chance) else '–'} | "
+            f"{group['comparison'].iloc[0]} {group['threshold'].iloc[0]:g} | "
+            f"{'pass' if group['passed'].all() else 'FAIL'} |"
+        )
+    header = (
+        "| claim | preset | statistic | value per seed | control per seed | chance | criterion "
+        "| verdict |\n|---|---|---|---|---|---|---|---|"
+    )
+    return "\n".join([header, *rows])
