@@ -82,15 +82,26 @@ def _measure(which: str, repeats: int, out: Path) -> None:
         times.append(time.perf_counter() - start)
     peak = _rss_kib("VmHWM")
     torch.save({k: v.double() for k, v in kernels.items()}, out)
-    print(json.dumps({"seconds": min(times), "all_seconds": times,
-                      "peak_extra_mib": (peak - before) / 1024, "peak_rss_mib": peak / 1024}))
+    print(
+        json.dumps(
+            {
+                "seconds": min(times),
+                "all_seconds": times,
+                "peak_extra_mib": (peak - before) / 1024,
+                "peak_rss_mib": peak / 1024,
+            }
+        )
+    )
 
 
 def _run(which: str, repeats: int, tmp: Path) -> dict:
     out = tmp / f"{which}.pt"
     proc = subprocess.run(
         [sys.executable, __file__, "--inner", which, "--repeats", str(repeats), "--out", str(out)],
-        capture_output=True, text=True, check=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     )
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "kernels": torch.load(out)}
 
@@ -128,8 +139,10 @@ def main() -> None:
     print(f"{'':12}{'seconds':>12}{'peak extra MiB':>16}")
     print(f"{'plain':12}{plain['seconds']:12.3f}{plain['peak_extra_mib']:16.0f}")
     print(f"{'ntkbench':12}{fast['seconds']:12.4f}{fast['peak_extra_mib']:16.0f}")
-    print(f"speed-up {result['speedup']:.0f}x, memory {result['memory_ratio']:.1f}x less, "
-          f"kernels agree to {err:.1e} (relative)")
+    print(
+        f"speed-up {result['speedup']:.0f}x, memory {result['memory_ratio']:.1f}x less, "
+        f"kernels agree to {err:.1e} (relative)"
+    )
     out = ROOT / "results" / "bench_entk.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

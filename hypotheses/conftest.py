@@ -27,7 +27,9 @@ RUN_ID_KEY = "ntkbench_run_id"
 def pytest_configure(config):
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
-        config._ntkbench_run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
+        config._ntkbench_run_id = (
+            datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
+        )
         workers = 1
     else:
         config._ntkbench_run_id = workerinput[RUN_ID_KEY]

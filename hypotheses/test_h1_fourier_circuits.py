@@ -115,7 +115,9 @@ def h1b_statistics(kernels: dict[str, torch.Tensor], p: int) -> dict[str, float]
     _, output = eigh_sorted(kernels[OUTPUT_LAYER])
     top_2f = output[:, 1 : 1 + 4 * (p - 1)]
     return {
-        "first_layer_single_operand": normalized_overlap(cliff(first, 1, p), bases["single_operand"]),
+        "first_layer_single_operand": normalized_overlap(
+            cliff(first, 1, p), bases["single_operand"]
+        ),
         "first_layer_sum": normalized_overlap(cliff(first, 1, p), bases["sum"]),
         "output_layer_sum_difference": normalized_overlap(top_2f, bases["sum_difference"]),
     }
@@ -183,21 +185,38 @@ def test_h1a_second_cliff_is_sum_and_difference(seed, record):
     p, config = run.config.p, run.config
     real, control = h1a_statistics(trained, p), h1a_statistics(init, p)
     chance = _chance_h1a(p)
-    common = dict(claim="H1a", testbed="modadd", preset=MLP_PRESET, seed=seed, config=config,
-                  chance=chance)
+    common = dict(
+        claim="H1a", testbed="modadd", preset=MLP_PRESET, seed=seed, config=config, chance=chance
+    )
     recs = [
-        record(statistic="second_cliff_overlap_sum", value=real["sum"], threshold=H1A_SUM_MIN,
-               comparison=">=", control_value=control["sum"], **common),
-        record(statistic="second_cliff_overlap_difference", value=real["difference"],
-               threshold=H1A_DIFFERENCE_MIN, comparison=">=",
-               control_value=control["difference"], **common),
+        record(
+            statistic="second_cliff_overlap_sum",
+            value=real["sum"],
+            threshold=H1A_SUM_MIN,
+            comparison=">=",
+            control_value=control["sum"],
+            **common,
+        ),
+        record(
+            statistic="second_cliff_overlap_difference",
+            value=real["difference"],
+            threshold=H1A_DIFFERENCE_MIN,
+            comparison=">=",
+            control_value=control["difference"],
+            **common,
+        ),
     ]
     for family in ("sum", "difference"):
-        recs.append(record(
-            statistic=f"control_init_overlap_{family}", value=control[family],
-            threshold=H1A_CONTROL_CHANCE_MULTIPLE_MAX * chance, comparison="<=",
-            extra={"multiple_of_chance": control[family] / chance}, **common,
-        ))
+        recs.append(
+            record(
+                statistic=f"control_init_overlap_{family}",
+                value=control[family],
+                threshold=H1A_CONTROL_CHANCE_MULTIPLE_MAX * chance,
+                comparison="<=",
+                extra={"multiple_of_chance": control[family] / chance},
+                **common,
+            )
+        )
     failed = [(r.statistic, round(r.value, 4)) for r in recs if not r.passed]
     assert not failed, f"H1a fails for seed {seed}: {failed}"
 
@@ -211,19 +230,34 @@ def test_h1b_layer_localisation(seed, record):
     common = dict(claim="H1b", testbed="modadd", preset=MLP_PRESET, seed=seed, config=config)
     n = p * p
     recs = [
-        record(statistic="first_layer_first_cliff_single_operand",
-               value=real["first_layer_single_operand"], threshold=H1B_SINGLE_OPERAND_MIN,
-               comparison=">=", control_value=control["first_layer_single_operand"],
-               chance=overlap_chance(n, 2 * (p - 1), 2 * (p - 1)),
-               extra={"architectural": bool(architectural)}, **common),
-        record(statistic="first_layer_first_cliff_sum", value=real["first_layer_sum"],
-               threshold=H1B_SUM_MAX, comparison="<=", control_value=control["first_layer_sum"],
-               chance=overlap_chance(n, 2 * (p - 1), p - 1), **common),
-        record(statistic="output_layer_top2F_sum_difference",
-               value=real["output_layer_sum_difference"],
-               threshold=H1B_OUTPUT_SUM_DIFFERENCE_MIN, comparison=">=",
-               control_value=control["output_layer_sum_difference"],
-               chance=overlap_chance(n, 4 * (p - 1), 2 * (p - 1)), **common),
+        record(
+            statistic="first_layer_first_cliff_single_operand",
+            value=real["first_layer_single_operand"],
+            threshold=H1B_SINGLE_OPERAND_MIN,
+            comparison=">=",
+            control_value=control["first_layer_single_operand"],
+            chance=overlap_chance(n, 2 * (p - 1), 2 * (p - 1)),
+            extra={"architectural": bool(architectural)},
+            **common,
+        ),
+        record(
+            statistic="first_layer_first_cliff_sum",
+            value=real["first_layer_sum"],
+            threshold=H1B_SUM_MAX,
+            comparison="<=",
+            control_value=control["first_layer_sum"],
+            chance=overlap_chance(n, 2 * (p - 1), p - 1),
+            **common,
+        ),
+        record(
+            statistic="output_layer_top2F_sum_difference",
+            value=real["output_layer_sum_difference"],
+            threshold=H1B_OUTPUT_SUM_DIFFERENCE_MIN,
+            comparison=">=",
+            control_value=control["output_layer_sum_difference"],
+            chance=overlap_chance(n, 4 * (p - 1), 2 * (p - 1)),
+            **common,
+        ),
     ]
     failed = [(r.statistic, round(r.value, 4)) for r in recs if not r.passed]
     assert not failed, f"H1b fails for seed {seed}: {failed}"
@@ -238,8 +272,9 @@ def test_h1c_circuits_from_unit_similarity(seed, record):
     labels, k = h1c_cluster(S)
     init_labels, init_k = h1c_cluster(h1c_similarity(run.model_at(0)))
     real, control = h1c_ari(labels, truth), h1c_ari(init_labels, truth)
-    common = dict(claim="H1c", testbed="modadd", preset=MLP_PRESET, seed=seed, config=run.config,
-                  chance=0.0)
+    common = dict(
+        claim="H1c", testbed="modadd", preset=MLP_PRESET, seed=seed, config=run.config, chance=0.0
+    )
     clear = truth.clear
     same = (truth.dominant[:, None] == truth.dominant[None, :]) & clear[:, None] & clear[None, :]
     different = (truth.dominant[:, None] != truth.dominant[None, :]) & clear[:, None] & clear[None]
@@ -247,17 +282,35 @@ def test_h1c_circuits_from_unit_similarity(seed, record):
     # Diagnostic, not pre-registered and not gating: the same clustering on double-centred
     # unit kernels, which removes the constant mode every unit shares.
     centred_labels, centred_k = h1c_cluster(h1c_similarity(trained_model, center=True))
-    extra = {"k": k, "k_init": init_k, "clear_neurons": int(clear.sum()),
-             "neurons": len(labels), "true_clusters": int(truth.dominant[clear].unique().numel()),
-             "mean_S_same_frequency": float(S[same].mean()),
-             "mean_S_different_frequency": float(S[different].mean()),
-             "diagnostic_centred_ari": h1c_ari(centred_labels, truth),
-             "diagnostic_centred_k": centred_k}
+    extra = {
+        "k": k,
+        "k_init": init_k,
+        "clear_neurons": int(clear.sum()),
+        "neurons": len(labels),
+        "true_clusters": int(truth.dominant[clear].unique().numel()),
+        "mean_S_same_frequency": float(S[same].mean()),
+        "mean_S_different_frequency": float(S[different].mean()),
+        "diagnostic_centred_ari": h1c_ari(centred_labels, truth),
+        "diagnostic_centred_k": centred_k,
+    }
     recs = [
-        record(statistic="ari_neuron_frequency", value=real, threshold=H1C_ARI_MIN,
-               comparison=">=", control_value=control, extra=extra, **common),
-        record(statistic="control_init_ari", value=control, threshold=H1C_CONTROL_ARI_MAX,
-               comparison="<=", extra=extra, **common),
+        record(
+            statistic="ari_neuron_frequency",
+            value=real,
+            threshold=H1C_ARI_MIN,
+            comparison=">=",
+            control_value=control,
+            extra=extra,
+            **common,
+        ),
+        record(
+            statistic="control_init_ari",
+            value=control,
+            threshold=H1C_CONTROL_ARI_MAX,
+            comparison="<=",
+            extra=extra,
+            **common,
+        ),
     ]
     failed = [(r.statistic, round(r.value, 4)) for r in recs if not r.passed]
     assert not failed, f"H1c fails for seed {seed}: {failed} ({extra})"
@@ -270,17 +323,34 @@ def test_h1d_transformer_key_frequency_sum_modes(seed, record):
     key = modadd.key_frequencies(trained)
     real, control = h1d_statistic(trained, key), h1d_statistic(run.model_at(0), key)
     p = run.config.p
-    common = dict(claim="H1d", testbed="modadd", preset=TRANSFORMER_PRESET, seed=seed,
-                  config=run.config,
-                  chance=overlap_chance(p * p, 2 * len(key) + 1, 2 * len(key)) if len(key) else None)
+    common = dict(
+        claim="H1d",
+        testbed="modadd",
+        preset=TRANSFORMER_PRESET,
+        seed=seed,
+        config=run.config,
+        chance=overlap_chance(p * p, 2 * len(key) + 1, 2 * len(key)) if len(key) else None,
+    )
     extra = {"key_frequencies": key.tolist(), "test_acc": float(run.log["test_acc"].iloc[-1])}
     recs = [
-        record(statistic="unembed_top_sum_at_key_frequencies", value=real,
-               threshold=H1D_KEY_SUM_MIN, comparison=">=", control_value=control, extra=extra,
-               **common),
+        record(
+            statistic="unembed_top_sum_at_key_frequencies",
+            value=real,
+            threshold=H1D_KEY_SUM_MIN,
+            comparison=">=",
+            control_value=control,
+            extra=extra,
+            **common,
+        ),
         # the control must not reach the claim's threshold
-        record(statistic="control_init_unembed_top_sum", value=control,
-               threshold=H1D_KEY_SUM_MIN, comparison="<=", extra=extra, **common),
+        record(
+            statistic="control_init_unembed_top_sum",
+            value=control,
+            threshold=H1D_KEY_SUM_MIN,
+            comparison="<=",
+            extra=extra,
+            **common,
+        ),
     ]
     failed = [(r.statistic, round(r.value, 4)) for r in recs if not r.passed]
     assert not failed, f"H1d fails for seed {seed}: {failed} ({extra})"

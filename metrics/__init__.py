@@ -24,10 +24,22 @@ from metrics.spectra import (
 
 __all__ = [
     # the eNTK
-    "entk", "entk_parameter_block", "parameter_groups", "hidden_units", "unit_kernels",
+    "entk",
+    "entk_parameter_block",
+    "parameter_groups",
+    "hidden_units",
+    "unit_kernels",
     "unit_similarity",
     # spectra and subspaces
-    "eigh_sorted", "spectral_cliffs", "largest_cliff", "orthonormal_basis", "subspace_overlap",
-    "normalized_overlap", "overlap_chance", "principal_angles", "effective_rank",
-    "participation_ratio", "stable_rank",
+    "eigh_sorted",
+    "spectral_cliffs",
+    "largest_cliff",
+    "orthonormal_basis",
+    "subspace_overlap",
+    "normalized_overlap",
+    "overlap_chance",
+    "principal_angles",
+    "effective_rank",
+    "participation_ratio",
+    "stable_rank",
 ]

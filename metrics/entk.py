@@ -114,8 +114,9 @@ def parameter_groups(
             names += match
         for name in names:
             if name in seen and seen[name] != group:
-                raise ValueError(f"groups must not overlap: {name!r} is in {seen[name]!r} and "
-                                 f"{group!r}")
+                raise ValueError(
+                    f"groups must not overlap: {name!r} is in {seen[name]!r} and {group!r}"
+                )
             seen[name] = group
         out[group] = list(dict.fromkeys(names))
     return out
@@ -125,15 +126,21 @@ def _position_grams(F: Tensor, kind: str) -> dict[tuple[int, int], Tensor]:
     """Grams between positions t ≤ s of a factor: X (N, T, d) → (N, N); Y (N, T, R, d) →
     (N, N) averaged over readouts (``kind="mean"``) or (N, N, R, R) (``kind="full"``)."""
     n, T = F.shape[:2]
+    if kind == "x":
+        flat = [F[:, t] for t in range(T)]  # (N, d)
+    elif kind == "mean":
+        flat = [F[:, t].reshape(n, -1) for t in range(T)]  # (N, R·d)
+    else:
+        flat = [F[:, t] for t in range(T)]  # (N, R, d)
     grams = {}
     for t in range(T):
         for s in range(t, T):
-            if kind == "x":
-                grams[t, s] = F[:, t] @ F[:, s].T
+            if kind == "full":
+                grams[t, s] = torch.einsum("nrd,msd->nmrs", flat[t], flat[s])
             elif kind == "mean":
-                grams[t, s] = F[:, t].reshape(n, -1) @ F[:, s].reshape(n, -1).T / F.shape[2]
+                grams[t, s] = flat[t] @ flat[s].T / F.shape[2]
             else:
-                grams[t, s] = torch.einsum("nrd,msd->nmrs", F[:, t], F[:, s])
+                grams[t, s] = flat[t] @ flat[s].T
     return grams
 
 
@@ -149,7 +156,9 @@ def _hadamard_sum(gx: dict, gy: dict, full: bool) -> Tensor:
 
 
 def _structured_kernel(f: Factors, full: bool) -> Tensor:
-    return _hadamard_sum(_position_grams(f.X, "x"), _position_grams(f.Y, "full" if full else "mean"), full)
+    return _hadamard_sum(
+        _position_grams(f.X, "x"), _position_grams(f.Y, "full" if full else "mean"), full
+    )
 
 
 def _generic_kernel(model, inputs, readout, names, full, R, max_bytes) -> Tensor:
@@ -161,7 +170,9 @@ def _generic_kernel(model, inputs, readout, names, full, R, max_bytes) -> Tensor
     K = inputs.new_zeros((N, N, R, R) if full else (N, N), dtype=next(model.parameters()).dtype)
     for si, Ji in generic_jacobians(model, inputs, readout, names, chunk):
         ei = si + len(Ji)
-        rest = ((ei + s, J) for s, J in generic_jacobians(model, inputs[ei:], readout, names, chunk))
+        rest = (
+            (ei + s, J) for s, J in generic_jacobians(model, inputs[ei:], readout, names, chunk)
+        )
         for sj, Jj in chain([(si, Ji)], rest):
             ej = sj + len(Jj)
             if full:
@@ -262,12 +273,16 @@ def hidden_units(model: nn.Module, incoming: str, outgoing: str) -> list[dict]:
     modules = dict(model.named_modules())
     for name in (incoming, outgoing):
         if not isinstance(modules.get(name), nn.Linear):
-            raise ValueError(f"{name!r} must name an nn.Linear module of the model; modules: "
-                             f"{[n for n, m in modules.items() if isinstance(m, nn.Linear)]}")
+            raise ValueError(
+                f"{name!r} must name an nn.Linear module of the model; modules: "
+                f"{[n for n, m in modules.items() if isinstance(m, nn.Linear)]}"
+            )
     width = modules[incoming].out_features
     if modules[outgoing].in_features != width:
-        raise ValueError(f"{outgoing!r} takes {modules[outgoing].in_features} inputs but "
-                         f"{incoming!r} has {width} outputs")
+        raise ValueError(
+            f"{outgoing!r} takes {modules[outgoing].in_features} inputs but "
+            f"{incoming!r} has {width} outputs"
+        )
     units = []
     for j in range(width):
         unit = {f"{incoming}.weight": (0, j), f"{outgoing}.weight": (1, j)}
@@ -306,11 +321,13 @@ class _UnitKernels:
             selects_y = (axis == 0) == f.y_rows
             if selects_y:
                 kind = "full" if self.full else "mean"
-                term = _hadamard_sum(self.gx(name), _position_grams(f.Y[..., index], kind),
-                                     self.full)
+                term = _hadamard_sum(
+                    self.gx(name), _position_grams(f.Y[..., index], kind), self.full
+                )
             else:
-                term = _hadamard_sum(_position_grams(f.X[..., index], "x"), self.gy(name),
-                                     self.full)
+                term = _hadamard_sum(
+                    _position_grams(f.X[..., index], "x"), self.gy(name), self.full
+                )
             total = term if total is None else total + term
         return total
 
@@ -337,8 +354,10 @@ def unit_kernels(
         raise ValueError(f"unknown parameters in units: {unknown}; parameters: {sorted(params)}")
     factors, generic = structured_factors(model, inputs, readout, names, chunk_size)
     if generic:
-        raise ValueError(f"unit kernels need parameters of nn.Linear/nn.Embedding modules; "
-                         f"{generic} are used otherwise")
+        raise ValueError(
+            f"unit kernels need parameters of nn.Linear/nn.Embedding modules; "
+            f"{generic} are used otherwise"
+        )
     return _UnitKernels(factors, {n: params[n].dim() for n in names}, full)
 
 

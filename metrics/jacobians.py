@@ -102,7 +102,9 @@ def structured_factors(
         n = len(chunk)
         calls: list[tuple[nn.Module, Tensor, Tensor]] = []
         hooks = [
-            m.register_forward_hook(lambda mod, inp, out: calls.append((mod, inp[0], out)))
+            m.register_forward_hook(
+                lambda mod, inp, out, calls=calls: calls.append((mod, inp[0], out))
+            )
             for m in modules.values()
         ]
         try:
@@ -114,13 +116,19 @@ def structured_factors(
         R = y.shape[1]
         outs = [out for _, _, out in calls]
         batch_first = {id(m) for m, _, out in calls if out.shape[0] == n}
-        for name in [k for k, uses in candidates.items()
-                     if any(id(m) not in batch_first for m, _ in uses)]:
+        for name in [
+            k for k, uses in candidates.items() if any(id(m) not in batch_first for m, _ in uses)
+        ]:
             candidates.pop(name), parts.pop(name), generic.append(name)
         cotangents = torch.eye(R, dtype=y.dtype, device=y.device)[:, None, :].expand(R, n, R)
         grads = torch.autograd.grad(
-            y, outs, grad_outputs=cotangents, is_grads_batched=True,
-            retain_graph=not verified, allow_unused=True, materialize_grads=True,
+            y,
+            outs,
+            grad_outputs=cotangents,
+            is_grads_batched=True,
+            retain_graph=not verified,
+            allow_unused=True,
+            materialize_grads=True,
         )  # each (R, n, *out_shape)
         per_call = {}
         for (module, inp, out), g in zip(calls, grads, strict=True):
@@ -143,10 +151,14 @@ def structured_factors(
         by_start: dict[int, list[tuple[Tensor, Tensor]]] = {}
         for start, X, Y in parts[name]:
             by_start.setdefault(start, []).append((X, Y))
-        X = torch.cat([torch.cat([x for x, _ in c], dim=1) for c in by_start.values()], dim=0)
-        Y = torch.cat([torch.cat([yy for _, yy in c], dim=1) for c in by_start.values()], dim=0)
+        X = _cat([_cat([x for x, _ in c], dim=1) for c in by_start.values()], dim=0)
+        Y = _cat([_cat([yy for _, yy in c], dim=1) for c in by_start.values()], dim=0)
         factors[name] = Factors(X, Y, y_rows=not isinstance(uses[0][0], nn.Embedding))
     return factors, generic
+
+
+def _cat(tensors: list[Tensor], dim: int) -> Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
 
 
 def _verify(model, y, candidates, parts, start) -> list[str]:
@@ -191,5 +203,9 @@ def generic_jacobians(
     for start in range(0, len(inputs), chunk_size):
         blocks = jac(sub, inputs[start : start + chunk_size])
         n = len(inputs[start : start + chunk_size])
-        yield start, torch.cat([blocks[name].reshape(n, blocks[name].shape[1], -1)
-                                for name in names], dim=-1)
+        yield (
+            start,
+            torch.cat(
+                [blocks[name].reshape(n, blocks[name].shape[1], -1) for name in names], dim=-1
+            ),
+        )

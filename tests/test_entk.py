@@ -63,7 +63,10 @@ def _cases():
     return {
         "mlp_quadratic": (ModAddMLP(5, 6), ModAddMLP.encode(a, b, 5)),
         "mlp_relu": (ModAddMLP(5, 6, "relu"), ModAddMLP.encode(a, b, 5)),
-        "transformer": (ModAddTransformer(5, 8, 2, 12), torch.stack([a, b, torch.full_like(a, 5)], 1)),
+        "transformer": (
+            ModAddTransformer(5, 8, 2, 12),
+            torch.stack([a, b, torch.full_like(a, 5)], 1),
+        ),
         "generic_tied": (TiedLM(), torch.randint(0, 6, (7, 4), generator=g)),
         "shared_linear": (SharedLinear(), torch.randn(7, 4, generator=g)),
     }
@@ -144,8 +147,10 @@ def test_custom_groups_select_and_sum_parameters():
     J = brute_jacobians(model, x, lambda z: z)
     groups = {"attention": ["W_Q", "W_K", "W_V", "W_O"], "embeddings": ["embed.weight", "pos"]}
     layers = entk(model, x, by_layer=True, groups=groups)
-    names = {"attention": [f"{m}.weight" for m in groups["attention"]],
-             "embeddings": ["embed.weight", "pos"]}
+    names = {
+        "attention": [f"{m}.weight" for m in groups["attention"]],
+        "embeddings": ["embed.weight", "pos"],
+    }
     for group, kernel in layers.items():
         assert rel(kernel, brute_kernel(J, names[group], "trace")) <= RTOL
     assert rel(entk(model, x, groups=groups), sum(layers.values())) <= RTOL
@@ -157,7 +162,10 @@ def test_parameter_used_outside_its_module_is_detected():
     model = _randomise(TiedLM().double(), 3)
     x = CASES["generic_tied"][1]
     J = brute_jacobians(model, x, lambda z: z)
-    assert rel(entk(model, x, by_layer=True)["embed"], brute_kernel(J, ["embed.weight"], "trace")) <= RTOL
+    assert (
+        rel(entk(model, x, by_layer=True)["embed"], brute_kernel(J, ["embed.weight"], "trace"))
+        <= RTOL
+    )
 
 
 def test_float32_model_agrees_with_float64_reference():
@@ -176,8 +184,13 @@ def test_parameter_block_matches_bruteforce():
     Jg = torch.cat([J["layer1.weight"], J["layer2.weight"]], -1).reshape(-1, 60 + 30)
     block = entk_parameter_block(model, x, ["layer1", "layer2"])
     assert rel(block, Jg.T @ Jg / 5) <= RTOL
-    assert rel(entk_parameter_block(model, x, "layer2", output="full"),
-               J["layer2.weight"].reshape(-1, 30).T @ J["layer2.weight"].reshape(-1, 30)) <= RTOL
+    assert (
+        rel(
+            entk_parameter_block(model, x, "layer2", output="full"),
+            J["layer2.weight"].reshape(-1, 30).T @ J["layer2.weight"].reshape(-1, 30),
+        )
+        <= RTOL
+    )
     # the trace identity: tr(JᵀJ) = tr Θ for the trace kernel
     assert torch.isclose(block.trace(), entk(model, x).trace(), rtol=1e-10)
 

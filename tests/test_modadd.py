@@ -12,8 +12,19 @@ from testbeds import modadd, runs
 from testbeds.modadd import Config
 
 TINY = Config(arch="mlp", p=5, width=16, epochs=12, lr=0.05, checkpoints=(0, 3, 12))
-TINY_TF = Config(arch="transformer", p=5, d_model=8, n_heads=2, d_mlp=16, loss="cross_entropy",
-                 train_fraction=0.6, lr=1e-2, weight_decay=1.0, batch_size=4, epochs=6)
+TINY_TF = Config(
+    arch="transformer",
+    p=5,
+    d_model=8,
+    n_heads=2,
+    d_mlp=16,
+    loss="cross_entropy",
+    train_fraction=0.6,
+    lr=1e-2,
+    weight_decay=1.0,
+    batch_size=4,
+    epochs=6,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -43,12 +54,20 @@ def test_probe_inputs_shapes():
 @pytest.mark.parametrize(
     "changes, field",
     [
-        ({"p": 28}, "p"), ({"p": 2}, "p"), ({"p": 9}, "p"), ({"width": 0}, "width"),
-        ({"d_model": -4}, "d_model"), ({"train_fraction": 1.0}, "train_fraction"),
-        ({"train_fraction": 0.0}, "train_fraction"), ({"arch": "cnn"}, "arch"),
-        ({"activation": "gelu"}, "activation"), ({"loss": "hinge"}, "loss"),
-        ({"n_heads": 3, "d_model": 8}, "n_heads"), ({"checkpoints": (0, 999)}, "checkpoints"),
-        ({"batch_size": 0}, "batch_size"), ({"lr": 0.0}, "lr"),
+        ({"p": 28}, "p"),
+        ({"p": 2}, "p"),
+        ({"p": 9}, "p"),
+        ({"width": 0}, "width"),
+        ({"d_model": -4}, "d_model"),
+        ({"train_fraction": 1.0}, "train_fraction"),
+        ({"train_fraction": 0.0}, "train_fraction"),
+        ({"arch": "cnn"}, "arch"),
+        ({"activation": "gelu"}, "activation"),
+        ({"loss": "hinge"}, "loss"),
+        ({"n_heads": 3, "d_model": 8}, "n_heads"),
+        ({"checkpoints": (0, 999)}, "checkpoints"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": 0.0}, "lr"),
     ],
 )
 def test_bad_config_names_the_field(changes, field):
@@ -64,13 +83,30 @@ def test_unknown_preset_lists_the_presets():
 def test_presets_match_the_papers():
     mlp = modadd.preset("lin2025_mlp")
     assert (mlp.p, mlp.width, mlp.train_fraction, mlp.lr, mlp.weight_decay, mlp.epochs) == (
-        29, 512, 0.7, 0.05, 0.01, 500)
+        29,
+        512,
+        0.7,
+        0.05,
+        0.01,
+        500,
+    )
     tf = modadd.preset("lin2025_transformer")
     assert (tf.p, tf.d_model, tf.n_heads, tf.d_mlp, tf.batch_size, tf.epochs) == (
-        29, 64, 4, 256, 64, 4000)
+        29,
+        64,
+        4,
+        256,
+        64,
+        4000,
+    )
     nanda = modadd.preset("nanda2023")
     assert (nanda.p, nanda.d_model, nanda.d_mlp, nanda.train_fraction, nanda.betas) == (
-        113, 128, 512, 0.3, (0.9, 0.98))
+        113,
+        128,
+        512,
+        0.3,
+        (0.9, 0.98),
+    )
     assert len(mlp.checkpoint_epochs) >= 25 and mlp.checkpoint_epochs[0] == 0
     early = [e for e in mlp.checkpoint_epochs if e <= mlp.epochs // 4]
     assert len(early) > len(mlp.checkpoint_epochs) / 2  # denser early
@@ -124,9 +160,14 @@ def test_key_frequencies_of_a_planted_embedding():
 def test_activation_frequencies_of_planted_neurons():
     p = 11
     a, b = modadd.pairs(p)
-    acts = torch.stack([torch.cos(2 * math.pi * 2 * (a + b) / p),
-                        torch.cos(2 * math.pi * 5 * a / p) * torch.cos(2 * math.pi * 5 * b / p),
-                        torch.randn(p * p, generator=torch.Generator().manual_seed(0))], 1)
+    acts = torch.stack(
+        [
+            torch.cos(2 * math.pi * 2 * (a + b) / p),
+            torch.cos(2 * math.pi * 5 * a / p) * torch.cos(2 * math.pi * 5 * b / p),
+            torch.randn(p * p, generator=torch.Generator().manual_seed(0)),
+        ],
+        1,
+    )
     from testbeds.modadd.ground_truth import activation_neuron_frequencies
 
     nf = activation_neuron_frequencies(acts)
@@ -151,8 +192,10 @@ def test_training_is_deterministic_and_logged(config):
     assert list(first.log.columns) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
     assert first.log["epoch"].iloc[-1] == config.epochs
     other = modadd.train(config, seed=2, cache=False)
-    assert not torch.equal(other.checkpoints[0][next(iter(other.checkpoints[0]))],
-                           first.checkpoints[0][next(iter(first.checkpoints[0]))])
+    assert not torch.equal(
+        other.checkpoints[0][next(iter(other.checkpoints[0]))],
+        first.checkpoints[0][next(iter(first.checkpoints[0]))],
+    )
 
 
 def test_lin2025_mlp_groks():
@@ -170,7 +213,9 @@ def test_cache_second_call_loads_and_model_at_works():
     first = modadd.train(TINY, seed=0)
     again = modadd.train(TINY, seed=0)
     assert not first.from_cache and again.from_cache
-    assert torch.equal(again.checkpoints[12]["layer1.weight"], first.checkpoints[12]["layer1.weight"])
+    assert torch.equal(
+        again.checkpoints[12]["layer1.weight"], first.checkpoints[12]["layer1.weight"]
+    )
     assert again.meta["config_hash"] == runs.config_hash(TINY)
     assert {"git_sha", "versions", "seconds", "code_hash"} <= set(again.meta)
     model = again.model_at(3)
@@ -187,7 +232,9 @@ def test_corrupted_cache_file_is_retrained(tmp_path):
     with pytest.warns(UserWarning, match="discarding unreadable cache file"):
         again = modadd.train(TINY, seed=0)
     assert not again.from_cache
-    assert torch.equal(again.checkpoints[12]["layer2.weight"], first.checkpoints[12]["layer2.weight"])
+    assert torch.equal(
+        again.checkpoints[12]["layer2.weight"], first.checkpoints[12]["layer2.weight"]
+    )
 
 
 def _train_in_child(cache: str, queue) -> None:
@@ -201,7 +248,9 @@ def _train_in_child(cache: str, queue) -> None:
 def test_two_processes_asking_at_once_train_once():
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_train_in_child, args=(str(runs.cache_dir()), queue)) for _ in range(2)]
+    procs = [
+        ctx.Process(target=_train_in_child, args=(str(runs.cache_dir()), queue)) for _ in range(2)
+    ]
     for proc in procs:
         proc.start()
     results = sorted(queue.get(timeout=120) for _ in procs)

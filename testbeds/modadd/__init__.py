@@ -1,9 +1,9 @@
 """Modular addition: quadratic MLP (Gromov 2023) and one-layer transformer (Nanda et al. 2023).
 
-    >>> from testbeds import modadd
-    >>> run = modadd.train(modadd.preset("lin2025_mlp"), seed=0)   # cached after the first call
-    >>> model = run.final_model()
-    >>> truth = modadd.ground_truth(model)                          # named arrays over all p² pairs
+>>> from testbeds import modadd
+>>> run = modadd.train(modadd.preset("lin2025_mlp"), seed=0)   # cached after the first call
+>>> model = run.final_model()
+>>> truth = modadd.ground_truth(model)                          # named arrays over all p² pairs
 """
 
 from testbeds.modadd.config import PRESETS, Config, preset
@@ -26,13 +26,30 @@ from testbeds.modadd.train import TESTBED, labels, pairs, probe_inputs, split, t
 
 __all__ = [
     # configuration
-    "Config", "PRESETS", "preset",
+    "Config",
+    "PRESETS",
+    "preset",
     # models and data
-    "ModAddMLP", "ModAddTransformer", "pairs", "labels", "probe_inputs", "split",
+    "ModAddMLP",
+    "ModAddTransformer",
+    "pairs",
+    "labels",
+    "probe_inputs",
+    "split",
     # training
-    "TESTBED", "train",
+    "TESTBED",
+    "train",
     # ground truth
-    "FAMILIES", "fourier_family", "fourier_families", "restrict_to_frequencies",
-    "frequency_power", "key_frequencies", "neuron_frequencies", "NeuronFrequencies",
-    "ground_truth", "gromov_solution", "KEY_FREQUENCY_FACTOR", "CLEAR_CONCENTRATION",
+    "FAMILIES",
+    "fourier_family",
+    "fourier_families",
+    "restrict_to_frequencies",
+    "frequency_power",
+    "key_frequencies",
+    "neuron_frequencies",
+    "NeuronFrequencies",
+    "ground_truth",
+    "gromov_solution",
+    "KEY_FREQUENCY_FACTOR",
+    "CLEAR_CONCENTRATION",
 ]

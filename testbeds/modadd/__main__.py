@@ -13,5 +13,7 @@ parser.add_argument("--force", action="store_true", help="retrain even if the ru
 args = parser.parse_args()
 run = train(preset(args.preset), args.seed, force=args.force)
 last = run.log.iloc[-1]
-print(f"{args.preset} seed={args.seed}: train_acc={last.train_acc:.3f} test_acc={last.test_acc:.3f} "
-      f"({run.meta['seconds']:.1f}s training, loaded from cache: {run.from_cache})")
+print(
+    f"{args.preset} seed={args.seed}: train_acc={last.train_acc:.3f} test_acc={last.test_acc:.3f} "
+    f"({run.meta['seconds']:.1f}s training, loaded from cache: {run.from_cache})"
+)

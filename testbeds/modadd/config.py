@@ -100,7 +100,9 @@ class Config:
 
     @property
     def checkpoint_epochs(self) -> tuple[int, ...]:
-        return self.checkpoints if self.checkpoints is not None else default_checkpoints(self.epochs)
+        return (
+            self.checkpoints if self.checkpoints is not None else default_checkpoints(self.epochs)
+        )
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)

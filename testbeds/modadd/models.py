@@ -69,8 +69,16 @@ class ModAddTransformer(nn.Module):
         """Nanda et al.'s initialisation: N(0, 1/d_model) weights, N(0, 1/p) unembedding,
         zero biases."""
         std = 1.0 / math.sqrt(self.d_model)
-        for weight in (self.embed.weight, self.pos, self.W_Q.weight, self.W_K.weight,
-                       self.W_V.weight, self.W_O.weight, self.mlp_in.weight, self.mlp_out.weight):
+        for weight in (
+            self.embed.weight,
+            self.pos,
+            self.W_Q.weight,
+            self.W_K.weight,
+            self.W_V.weight,
+            self.W_O.weight,
+            self.mlp_in.weight,
+            self.mlp_out.weight,
+        ):
             nn.init.normal_(weight, 0.0, std, generator=generator)
         nn.init.normal_(self.unembed.weight, 0.0, 1.0 / math.sqrt(self.p), generator=generator)
         nn.init.zeros_(self.mlp_in.bias)

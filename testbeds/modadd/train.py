@@ -99,8 +99,13 @@ def _train(config: Config, seed: int, store: RunStore | None) -> dict[str, Any]:
     saver = PartialSaver(store)
     clock = time.perf_counter()
     batch = config.batch_size or len(train_idx)
-    bar = tqdm(range(start, config.epochs + 1), initial=start, total=config.epochs + 1,
-               desc=f"{TESTBED} {config.arch} p={config.p} seed={seed}", disable=None)
+    bar = tqdm(
+        range(start, config.epochs + 1),
+        initial=start,
+        total=config.epochs + 1,
+        desc=f"{TESTBED} {config.arch} p={config.p} seed={seed}",
+        disable=None,
+    )
     for epoch in bar:
         if epoch in keep:
             checkpoints[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -132,8 +137,11 @@ def _train(config: Config, seed: int, store: RunStore | None) -> dict[str, Any]:
             }
         )
     bar.close()
-    return {"checkpoints": checkpoints, "log": log,
-            "seconds": seconds + time.perf_counter() - clock}
+    return {
+        "checkpoints": checkpoints,
+        "log": log,
+        "seconds": seconds + time.perf_counter() - clock,
+    }
 
 
 def train(config: Config, seed: int = 0, *, cache: bool = True, force: bool = False) -> Run:
