@@ -45,7 +45,7 @@ from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
 from metrics.clustering import spectral_partition
-from metrics.entk import entk, hidden_units, unit_similarity
+from metrics.entk import UnitGram, entk, hidden_units, unit_gram
 from metrics.spectra import (
     eigh_sorted,
     normalized_overlap,
@@ -123,11 +123,11 @@ def h1b_statistics(kernels: dict[str, torch.Tensor], p: int) -> dict[str, float]
     }
 
 
-def h1c_similarity(model: modadd.ModAddMLP, center: bool = False) -> torch.Tensor:
-    """Unit-similarity matrix S (n, n) of the hidden neurons, trace reduction."""
+def h1c_gram(model: modadd.ModAddMLP) -> UnitGram:
+    """Inner products of the hidden neurons' unit kernels (trace reduction); its
+    ``similarity()`` is S, ``similarity(center=True)`` the double-centred variant."""
     inputs = modadd.ModAddMLP.encode(*modadd.pairs(model.p), model.p)
-    units = hidden_units(model, FIRST_LAYER, OUTPUT_LAYER)
-    return unit_similarity(model, inputs, units, center=center)
+    return unit_gram(model, inputs, hidden_units(model, FIRST_LAYER, OUTPUT_LAYER))
 
 
 def h1c_cluster(S: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -268,9 +268,10 @@ def test_h1c_circuits_from_unit_similarity(seed, record):
     run, _, _ = _mlp(seed)
     trained_model = run.final_model()
     truth = modadd.neuron_frequencies(trained_model)
-    S = h1c_similarity(trained_model)
+    gram = h1c_gram(trained_model)
+    S = gram.similarity()
     labels, k = h1c_cluster(S)
-    init_labels, init_k = h1c_cluster(h1c_similarity(run.model_at(0)))
+    init_labels, init_k = h1c_cluster(h1c_gram(run.model_at(0)).similarity())
     real, control = h1c_ari(labels, truth), h1c_ari(init_labels, truth)
     common = dict(
         claim="H1c", testbed="modadd", preset=MLP_PRESET, seed=seed, config=run.config, chance=0.0
@@ -281,7 +282,7 @@ def test_h1c_circuits_from_unit_similarity(seed, record):
     same &= ~torch.eye(len(S), dtype=torch.bool)
     # Diagnostic, not pre-registered and not gating: the same clustering on double-centred
     # unit kernels, which removes the constant mode every unit shares.
-    centred_labels, centred_k = h1c_cluster(h1c_similarity(trained_model, center=True))
+    centred_labels, centred_k = h1c_cluster(gram.similarity(center=True))
     extra = {
         "k": k,
         "k_init": init_k,

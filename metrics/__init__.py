@@ -5,6 +5,8 @@ from metrics.entk import (
     entk_parameter_block,
     hidden_units,
     parameter_groups,
+    UnitGram,
+    unit_gram,
     unit_kernels,
     unit_similarity,
 )
@@ -30,6 +32,8 @@ __all__ = [
     "hidden_units",
     "unit_kernels",
     "unit_similarity",
+    "unit_gram",
+    "UnitGram",
     # spectra and subspaces
     "eigh_sorted",
     "spectral_cliffs",

@@ -34,6 +34,7 @@ Example — the kernel of a two-layer network is the sum of its layers' kernels:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import chain
 
 import torch
@@ -361,6 +362,77 @@ def unit_kernels(
     return _UnitKernels(factors, {n: params[n].dim() for n in names}, full)
 
 
+@dataclass
+class UnitGram:
+    """Frobenius inner products of unit kernels, with what centring needs.
+
+    ``gram`` (U, U) holds ⟨Θ_j, Θ_k⟩_F, ``row_sums`` (U, ·) the Θ_j 1 over the second input
+    axis (flattened with any readout axes), ``totals`` (U, ·) the 1ᵀ Θ_j 1. Double centring
+    needs no second pass: ⟨HΘ_jH, HΘ_kH⟩ = ⟨Θ_j, Θ_k⟩ − (2/N)⟨Θ_j1, Θ_k1⟩ + (1/N²) (1ᵀΘ_j1)(1ᵀΘ_k1).
+    """
+
+    gram: Tensor
+    row_sums: Tensor
+    totals: Tensor
+    n_inputs: int
+
+    def similarity(self, center: bool = False) -> Tensor:
+        """Normalised similarity S (U, U), float64; zero rows for units with a zero kernel."""
+        G = self.gram
+        if center:
+            n = self.n_inputs
+            G = G - (2 / n) * self.row_sums @ self.row_sums.T + self.totals @ self.totals.T / n**2
+        norms = G.diagonal().clamp_min(0).sqrt()
+        scale = torch.where(norms > 0, 1 / norms, torch.zeros_like(norms))
+        return G * scale[:, None] * scale[None, :]
+
+
+def unit_gram(
+    model: nn.Module,
+    inputs: Tensor,
+    units: Sequence[UnitSpec],
+    *,
+    output: Output = "trace",
+    chunk_size: int = DEFAULT_CHUNK,
+    max_block_bytes: int = 2**30,
+) -> UnitGram:
+    """Inner products of all unit kernels (:func:`unit_kernels`), ``max_block_bytes`` of
+    kernels at a time. (N, N) kernels are packed as their upper triangle with off-diagonal
+    entries scaled by √2, which preserves inner products at half the cost."""
+    kernel = unit_kernels(model, inputs, units, output=output, chunk_size=chunk_size)
+    U, N = len(units), len(inputs)
+    first = kernel(units[0])
+    square = first.dim() == 2
+    if square:
+        rows, cols = torch.triu_indices(N, N, device=first.device)
+        weight = torch.full(rows.shape, 2**0.5, dtype=first.dtype, device=first.device)
+        weight[rows == cols] = 1.0
+    size = weight.numel() if square else first.numel()
+    per_block = max(1, max_block_bytes // (size * first.element_size()))
+    row_sums, totals = [], []
+
+    def block(start: int, keep_sums: bool) -> Tensor:
+        packed = []
+        for unit in units[start : start + per_block]:
+            K = kernel(unit)
+            if keep_sums:
+                row_sums.append(K.sum(1).reshape(-1).double().cpu())
+                totals.append(K.sum((0, 1)).reshape(-1).double().cpu())
+            packed.append(K[rows, cols] * weight if square else K.reshape(-1))
+        return torch.stack(packed)
+
+    gram = torch.zeros(U, U, dtype=torch.float64)
+    starts = list(range(0, U, per_block))
+    for i, si in enumerate(starts):
+        Ki = block(si, keep_sums=True)
+        for sj in starts[i:]:
+            Kj = Ki if sj == si else block(sj, keep_sums=False)
+            g = (Ki @ Kj.T).double().cpu()
+            gram[si : si + len(Ki), sj : sj + len(Kj)] = g
+            gram[sj : sj + len(Kj), si : si + len(Ki)] = g.T
+    return UnitGram(gram, torch.stack(row_sums), torch.stack(totals), N)
+
+
 def unit_similarity(
     model: nn.Module,
     inputs: Tensor,
@@ -381,34 +453,9 @@ def unit_similarity(
     parameter-space eNTK; for ``"trace"`` the kernels are class-averaged first.
     ``center=True`` double-centres each Θ_j over the inputs first (Θ ↦ HΘH, H = I − 11ᵀ/N,
     as in CKA), which removes the constant mode that all units share. Units whose kernel is
-    zero get zero similarity. Kernels are held ``max_block_bytes`` at a time.
+    zero get zero similarity. Use :func:`unit_gram` to get both variants from one pass.
     """
-    kernel = unit_kernels(model, inputs, units, output=output, chunk_size=chunk_size)
-    U = len(units)
-    first = kernel(units[0]).reshape(-1)
-    per_block = max(1, max_block_bytes // (first.numel() * first.element_size()))
-    starts = list(range(0, U, per_block))
-
-    def prepared(unit: UnitSpec) -> Tensor:
-        K = kernel(unit)
-        if center:
-            K = K - K.mean(0, keepdim=True) - K.mean(1, keepdim=True) + K.mean((0, 1))
-        return K.reshape(-1)
-
-    def block(start: int) -> Tensor:
-        return torch.stack([prepared(u) for u in units[start : start + per_block]])
-
-    gram = torch.zeros(U, U, dtype=torch.float64)
-    for i, si in enumerate(starts):
-        Ki = block(si)
-        for sj in starts[i:]:
-            Kj = Ki if sj == si else block(sj)
-            g = (Ki @ Kj.T).double().cpu()
-            gram[si : si + len(Ki), sj : sj + len(Kj)] = g
-            gram[sj : sj + len(Kj), si : si + len(Ki)] = g.T
-    norms = gram.diagonal().clamp_min(0).sqrt()
-    safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-    S = gram / safe[:, None] / safe[None, :]
-    S[norms == 0] = 0
-    S[:, norms == 0] = 0
-    return S
+    gram = unit_gram(
+        model, inputs, units, output=output, chunk_size=chunk_size, max_block_bytes=max_block_bytes
+    )
+    return gram.similarity(center)

@@ -28,7 +28,7 @@ from hypotheses.test_h1_fourier_circuits import (
     h1b_statistics,
     h1c_ari,
     h1c_cluster,
-    h1c_similarity,
+    h1c_gram,
     h1d_statistic,
     key_sum_overlap,
     mlp_layer_kernels,
@@ -113,7 +113,7 @@ def test_h1c_fails_on_an_unstructured_similarity():
 def test_h1c_fails_at_initialisation_against_planted_circuits(untrained):
     """Initial weights are unrelated to the planted partition: ARI near 0."""
     truth = modadd.neuron_frequencies(modadd.gromov_solution(P, WIDTH, seed=0))
-    labels, _ = h1c_cluster(h1c_similarity(untrained[0]))
+    labels, _ = h1c_cluster(h1c_gram(untrained[0]).similarity())
     assert h1c_ari(labels, truth) <= H1C_CONTROL_ARI_MAX
 
 
@@ -125,9 +125,10 @@ def test_uncentred_unit_similarity_of_the_planted_solution_has_a_shared_floor(pl
     freq = modadd.neuron_frequencies(model).dominant
     same = (freq[:, None] == freq[None, :]) & ~torch.eye(WIDTH, dtype=torch.bool)
     different = freq[:, None] != freq[None, :]
-    S = h1c_similarity(model)
+    gram = h1c_gram(model)
+    S = gram.similarity()
     assert S[different].mean() > 0.75 * S[same].mean()
-    S_centred = h1c_similarity(model, center=True)
+    S_centred = gram.similarity(center=True)
     assert S_centred[different].mean() < 0.25 * S_centred[same].mean()
 
 
