@@ -1,11 +1,11 @@
 """Pure computations on models, batches and matrices: kernels, operators and spectra."""
 
 from metrics.entk import (
+    UnitGram,
     entk,
     entk_parameter_block,
     hidden_units,
     parameter_groups,
-    UnitGram,
     unit_gram,
     unit_kernels,
     unit_similarity,
