@@ -18,7 +18,15 @@ from datetime import UTC, datetime
 import pytest
 import torch
 
-from leaderboard.records import Record, append, claims_table, read, records_path, results_dir
+from leaderboard.records import (
+    Record,
+    append,
+    claims_table,
+    compare,
+    read,
+    records_path,
+    results_dir,
+)
 from testbeds.runs import config_hash, git_sha, versions
 
 RUN_ID_KEY = "ntkbench_run_id"
@@ -42,18 +50,22 @@ def pytest_configure_node(node):
     node.workerinput[RUN_ID_KEY] = node.config._ntkbench_run_id
 
 
-@pytest.fixture
-def record(request):
-    """``record(claim=..., testbed=..., config=..., preset=..., seed=..., statistic=...,
+class Recorder:
+    """Writes Records for one check and asserts them.
+
+    ``record(claim=..., testbed=..., config=..., preset=..., seed=..., statistic=...,
     value=..., threshold=..., comparison=..., control_value=..., chance=..., extra=...)``
-    appends a Record and returns it."""
-    started = datetime.now(UTC).isoformat(timespec="seconds")
-    clock = time.perf_counter()
-    run_id = request.config._ntkbench_run_id
+    appends a Record (provenance filled in) and returns it; ``record.assert_passed()`` fails
+    the test, naming every statistic that missed its criterion.
+    """
 
-    def write(*, config, value, threshold, comparison, **fields) -> Record:
-        from leaderboard.records import compare
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.started = datetime.now(UTC).isoformat(timespec="seconds")
+        self.clock = time.perf_counter()
+        self.records: list[Record] = []
 
+    def __call__(self, *, config, value, threshold, comparison, **fields) -> Record:
         value = float(value)
         rec = Record(
             value=value,
@@ -63,15 +75,25 @@ def record(request):
             config_hash=config_hash(config),
             git_sha=git_sha(),
             versions=versions(),
-            started_at=started,
-            seconds=time.perf_counter() - clock,
-            run_id=run_id,
+            started_at=self.started,
+            seconds=time.perf_counter() - self.clock,
+            run_id=self.run_id,
             **fields,
         )
         append(rec)
+        self.records.append(rec)
         return rec
 
-    return write
+    def assert_passed(self, context: object = "") -> None:
+        failed = [
+            (r.claim, r.statistic, r.seed, round(r.value, 4)) for r in self.records if not r.passed
+        ]
+        assert not failed, f"criteria not met: {failed} {context}".rstrip()
+
+
+@pytest.fixture
+def record(request) -> Recorder:
+    return Recorder(request.config._ntkbench_run_id)
 
 
 def pytest_sessionfinish(session, exitstatus):

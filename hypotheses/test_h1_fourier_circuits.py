@@ -188,37 +188,32 @@ def test_h1a_second_cliff_is_sum_and_difference(seed, record):
     common = dict(
         claim="H1a", testbed="modadd", preset=MLP_PRESET, seed=seed, config=config, chance=chance
     )
-    recs = [
-        record(
-            statistic="second_cliff_overlap_sum",
-            value=real["sum"],
-            threshold=H1A_SUM_MIN,
-            comparison=">=",
-            control_value=control["sum"],
-            **common,
-        ),
-        record(
-            statistic="second_cliff_overlap_difference",
-            value=real["difference"],
-            threshold=H1A_DIFFERENCE_MIN,
-            comparison=">=",
-            control_value=control["difference"],
-            **common,
-        ),
-    ]
+    record(
+        statistic="second_cliff_overlap_sum",
+        value=real["sum"],
+        threshold=H1A_SUM_MIN,
+        comparison=">=",
+        control_value=control["sum"],
+        **common,
+    )
+    record(
+        statistic="second_cliff_overlap_difference",
+        value=real["difference"],
+        threshold=H1A_DIFFERENCE_MIN,
+        comparison=">=",
+        control_value=control["difference"],
+        **common,
+    )
     for family in ("sum", "difference"):
-        recs.append(
-            record(
-                statistic=f"control_init_overlap_{family}",
-                value=control[family],
-                threshold=H1A_CONTROL_CHANCE_MULTIPLE_MAX * chance,
-                comparison="<=",
-                extra={"multiple_of_chance": control[family] / chance},
-                **common,
-            )
+        record(
+            statistic=f"control_init_overlap_{family}",
+            value=control[family],
+            threshold=H1A_CONTROL_CHANCE_MULTIPLE_MAX * chance,
+            comparison="<=",
+            extra={"multiple_of_chance": control[family] / chance},
+            **common,
         )
-    failed = [(r.statistic, round(r.value, 4)) for r in recs if not r.passed]
-    assert not failed, f"H1a fails for seed {seed}: {failed}"
+    record.assert_passed()
 
 
 @pytest.mark.parametrize("seed", MLP_SEEDS)
@@ -229,38 +224,35 @@ def test_h1b_layer_localisation(seed, record):
     architectural = control["first_layer_single_operand"] >= H1B_SINGLE_OPERAND_MIN
     common = dict(claim="H1b", testbed="modadd", preset=MLP_PRESET, seed=seed, config=config)
     n = p * p
-    recs = [
-        record(
-            statistic="first_layer_first_cliff_single_operand",
-            value=real["first_layer_single_operand"],
-            threshold=H1B_SINGLE_OPERAND_MIN,
-            comparison=">=",
-            control_value=control["first_layer_single_operand"],
-            chance=overlap_chance(n, 2 * (p - 1), 2 * (p - 1)),
-            extra={"architectural": bool(architectural)},
-            **common,
-        ),
-        record(
-            statistic="first_layer_first_cliff_sum",
-            value=real["first_layer_sum"],
-            threshold=H1B_SUM_MAX,
-            comparison="<=",
-            control_value=control["first_layer_sum"],
-            chance=overlap_chance(n, 2 * (p - 1), p - 1),
-            **common,
-        ),
-        record(
-            statistic="output_layer_top2F_sum_difference",
-            value=real["output_layer_sum_difference"],
-            threshold=H1B_OUTPUT_SUM_DIFFERENCE_MIN,
-            comparison=">=",
-            control_value=control["output_layer_sum_difference"],
-            chance=overlap_chance(n, 4 * (p - 1), 2 * (p - 1)),
-            **common,
-        ),
-    ]
-    failed = [(r.statistic, round(r.value, 4)) for r in recs if not r.passed]
-    assert not failed, f"H1b fails for seed {seed}: {failed}"
+    record(
+        statistic="first_layer_first_cliff_single_operand",
+        value=real["first_layer_single_operand"],
+        threshold=H1B_SINGLE_OPERAND_MIN,
+        comparison=">=",
+        control_value=control["first_layer_single_operand"],
+        chance=overlap_chance(n, 2 * (p - 1), 2 * (p - 1)),
+        extra={"architectural": bool(architectural)},
+        **common,
+    )
+    record(
+        statistic="first_layer_first_cliff_sum",
+        value=real["first_layer_sum"],
+        threshold=H1B_SUM_MAX,
+        comparison="<=",
+        control_value=control["first_layer_sum"],
+        chance=overlap_chance(n, 2 * (p - 1), p - 1),
+        **common,
+    )
+    record(
+        statistic="output_layer_top2F_sum_difference",
+        value=real["output_layer_sum_difference"],
+        threshold=H1B_OUTPUT_SUM_DIFFERENCE_MIN,
+        comparison=">=",
+        control_value=control["output_layer_sum_difference"],
+        chance=overlap_chance(n, 4 * (p - 1), 2 * (p - 1)),
+        **common,
+    )
+    record.assert_passed()
 
 
 @pytest.mark.parametrize("seed", MLP_SEEDS)
@@ -294,27 +286,24 @@ def test_h1c_circuits_from_unit_similarity(seed, record):
         "diagnostic_centred_ari": h1c_ari(centred_labels, truth),
         "diagnostic_centred_k": centred_k,
     }
-    recs = [
-        record(
-            statistic="ari_neuron_frequency",
-            value=real,
-            threshold=H1C_ARI_MIN,
-            comparison=">=",
-            control_value=control,
-            extra=extra,
-            **common,
-        ),
-        record(
-            statistic="control_init_ari",
-            value=control,
-            threshold=H1C_CONTROL_ARI_MAX,
-            comparison="<=",
-            extra=extra,
-            **common,
-        ),
-    ]
-    failed = [(r.statistic, round(r.value, 4)) for r in recs if not r.passed]
-    assert not failed, f"H1c fails for seed {seed}: {failed} ({extra})"
+    record(
+        statistic="ari_neuron_frequency",
+        value=real,
+        threshold=H1C_ARI_MIN,
+        comparison=">=",
+        control_value=control,
+        extra=extra,
+        **common,
+    )
+    record(
+        statistic="control_init_ari",
+        value=control,
+        threshold=H1C_CONTROL_ARI_MAX,
+        comparison="<=",
+        extra=extra,
+        **common,
+    )
+    record.assert_passed(extra)
 
 
 @pytest.mark.parametrize("seed", TRANSFORMER_SEEDS)
@@ -333,25 +322,22 @@ def test_h1d_transformer_key_frequency_sum_modes(seed, record):
         chance=overlap_chance(p * p, 2 * len(key) + 1, 2 * len(key)) if len(key) else None,
     )
     extra = {"key_frequencies": key.tolist(), "test_acc": float(run.log["test_acc"].iloc[-1])}
-    recs = [
-        record(
-            statistic="unembed_top_sum_at_key_frequencies",
-            value=real,
-            threshold=H1D_KEY_SUM_MIN,
-            comparison=">=",
-            control_value=control,
-            extra=extra,
-            **common,
-        ),
-        # the control must not reach the claim's threshold
-        record(
-            statistic="control_init_unembed_top_sum",
-            value=control,
-            threshold=H1D_KEY_SUM_MIN,
-            comparison="<=",
-            extra=extra,
-            **common,
-        ),
-    ]
-    failed = [(r.statistic, round(r.value, 4)) for r in recs if not r.passed]
-    assert not failed, f"H1d fails for seed {seed}: {failed} ({extra})"
+    record(
+        statistic="unembed_top_sum_at_key_frequencies",
+        value=real,
+        threshold=H1D_KEY_SUM_MIN,
+        comparison=">=",
+        control_value=control,
+        extra=extra,
+        **common,
+    )
+    # the control must not reach the claim's threshold
+    record(
+        statistic="control_init_unembed_top_sum",
+        value=control,
+        threshold=H1D_KEY_SUM_MIN,
+        comparison="<=",
+        extra=extra,
+        **common,
+    )
+    record.assert_passed(extra)

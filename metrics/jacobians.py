@@ -116,10 +116,10 @@ def structured_factors(
         R = y.shape[1]
         outs = [out for _, _, out in calls]
         batch_first = {id(m) for m, _, out in calls if out.shape[0] == n}
-        for name in [
-            k for k, uses in candidates.items() if any(id(m) not in batch_first for m, _ in uses)
-        ]:
-            candidates.pop(name), parts.pop(name), generic.append(name)
+        for name, uses in list(candidates.items()):
+            if any(id(m) not in batch_first for m, _ in uses):
+                del candidates[name], parts[name]
+                generic.append(name)
         cotangents = torch.eye(R, dtype=y.dtype, device=y.device)[:, None, :].expand(R, n, R)
         grads = torch.autograd.grad(
             y,
@@ -147,10 +147,15 @@ def structured_factors(
             verified = True
 
     factors = {}
+    n_chunks = len(range(0, len(inputs), chunk_size))
     for name, uses in candidates.items():
         by_start: dict[int, list[tuple[Tensor, Tensor]]] = {}
         for start, X, Y in parts[name]:
             by_start.setdefault(start, []).append((X, Y))
+        calls_per_chunk = {len(c) for c in by_start.values()}
+        if len(by_start) != n_chunks or len(calls_per_chunk) != 1:
+            generic.append(name)  # never called, or called a data-dependent number of times
+            continue
         X = _cat([_cat([x for x, _ in c], dim=1) for c in by_start.values()], dim=0)
         Y = _cat([_cat([yy for _, yy in c], dim=1) for c in by_start.values()], dim=0)
         factors[name] = Factors(X, Y, y_rows=not isinstance(uses[0][0], nn.Embedding))

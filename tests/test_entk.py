@@ -168,6 +168,15 @@ def test_parameter_used_outside_its_module_is_detected():
     )
 
 
+def test_parameters_of_an_unused_module_get_a_zero_kernel():
+    model = _randomise(ModAddMLP(5, 6).double(), 9)
+    model.spare = nn.Linear(3, 3).double()  # registered but never called in forward
+    x = CASES["mlp_quadratic"][1].double()
+    layers = entk(model, x, by_layer=True)
+    assert torch.equal(layers["spare"], torch.zeros(7, 7, dtype=torch.float64))
+    assert rel(layers["layer1"] + layers["layer2"], entk(model, x)) <= RTOL
+
+
 def test_float32_model_agrees_with_float64_reference():
     model, x = CASES["mlp_quadratic"]
     model = _randomise(model.double(), 4)
