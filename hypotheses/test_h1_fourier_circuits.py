@@ -159,7 +159,7 @@ def h1d_statistic(model: modadd.ModAddTransformer, key: torch.Tensor) -> float:
     """:func:`key_sum_overlap` of the unembedding layer's kernel of the summed logits."""
     p = model.p
     tokens = torch.stack([*modadd.pairs(p), torch.full((p * p,), p)], dim=1)
-    kernel = entk(model, tokens, output="sum", by_layer=True)[UNEMBED]
+    kernel = entk(model, tokens, output="sum", groups={UNEMBED: [UNEMBED]})
     return key_sum_overlap(kernel, key, p)
 
 

@@ -53,12 +53,7 @@ DEFAULT_JACOBIAN_BYTES = 2**28
 def readout_for(output: Output, n_outputs: int | None = None) -> tuple[Readout, bool]:
     """The readout map (n, C) → (n, R) for ``output`` and whether the kernel keeps the (R, R)
     axes (``"full"``) instead of averaging over them."""
-    if isinstance(output, str):
-        if output not in OUTPUTS:
-            raise ValueError(
-                f"output must be one of {OUTPUTS}, an int class index or a callable readout, "
-                f"got output={output!r}"
-            )
+    if isinstance(output, str) and output in OUTPUTS:
         if output == "sum":
             return (lambda z: z.reshape(len(z), -1).sum(-1, keepdim=True)), False
         return (lambda z: z.reshape(len(z), -1)), output == "full"
@@ -66,7 +61,7 @@ def readout_for(output: Output, n_outputs: int | None = None) -> tuple[Readout, 
         if n_outputs is not None and not 0 <= output < n_outputs:
             raise ValueError(f"output index must be in 0..{n_outputs - 1}, got output={output}")
         return (lambda z: z.reshape(len(z), -1)[:, output : output + 1]), False
-    if callable(output):
+    if callable(output) and not isinstance(output, str):
 
         def phenotype(z: Tensor) -> Tensor:
             value = output(z)
@@ -193,11 +188,9 @@ def _prepare(model: nn.Module, inputs: Tensor, output: Output):
     if inputs.is_floating_point():
         inputs = inputs.to(param.dtype)
     with torch.no_grad():
-        n_outputs = model(inputs[:1]).reshape(1, -1).shape[1]
-    readout, full = readout_for(output, n_outputs)
-    with torch.no_grad():
-        R = readout(model(inputs[:1])).shape[1]
-    return inputs, readout, full, R
+        z = model(inputs[:1])
+    readout, full = readout_for(output, z.reshape(1, -1).shape[1])
+    return inputs, readout, full, readout(z).shape[1]
 
 
 def entk(
