@@ -1,0 +1,63 @@
+"""Toy Models of Superposition (Elhage et al. 2022) with its ground-truth features.
+
+>>> from testbeds import tms
+>>> config = tms.preset("lin2025_tms_m10_s0.9")
+>>> run = tms.train(config, seed=0)                   # cached after the first call
+>>> x = tms.probe_inputs(config, seed=0)              # the fixed dataset, (500, 50)
+>>> truth = tms.ground_truth(run.final_model(), x)    # directions, represented, indicators …
+"""
+
+from testbeds.tms.config import PRESETS, Config, preset
+from testbeds.tms.ground_truth import (
+    GroundTruth,
+    dimensionality,
+    feature_indicators,
+    feature_recovery,
+    flat_index,
+    ground_truth,
+    indicator_basis,
+    matched_cosines,
+    orthogonal_solution,
+)
+from testbeds.tms.models import TMSModel
+from testbeds.tms.train import (
+    REPRESENTED_NORM,
+    TESTBED,
+    dataset,
+    importances,
+    loss_per_instance,
+    probe_inputs,
+    represented,
+    sample_features,
+    train,
+)
+
+__all__ = [
+    # configuration
+    "Config",
+    "PRESETS",
+    "preset",
+    # model and data
+    "TMSModel",
+    "importances",
+    "sample_features",
+    "dataset",
+    "probe_inputs",
+    "loss_per_instance",
+    # training
+    "TESTBED",
+    "train",
+    # ground truth
+    "REPRESENTED_NORM",
+    "represented",
+    "GroundTruth",
+    "ground_truth",
+    "dimensionality",
+    "feature_indicators",
+    "indicator_basis",
+    "flat_index",
+    "orthogonal_solution",
+    # scoring
+    "feature_recovery",
+    "matched_cosines",
+]
