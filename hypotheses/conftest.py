@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 from leaderboard.records import (
     Record,
@@ -42,8 +43,11 @@ def pytest_configure(config):
     else:
         config._ntkbench_run_id = workerinput[RUN_ID_KEY]
         workers = int(workerinput.get("workercount", 1))
-    # share the cores between xdist workers instead of oversubscribing them
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    # share the cores between xdist workers instead of oversubscribing them (torch's own
+    # threads and the BLAS/OpenMP pools numpy and scipy use, e.g. in the Lanczos solver)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
 
 
 def pytest_configure_node(node):

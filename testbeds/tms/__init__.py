@@ -10,6 +10,7 @@
 from testbeds.tms.config import PRESETS, Config, preset
 from testbeds.tms.ground_truth import (
     GroundTruth,
+    center_blocks,
     dimensionality,
     feature_indicators,
     feature_recovery,
@@ -55,6 +56,7 @@ __all__ = [
     "dimensionality",
     "feature_indicators",
     "indicator_basis",
+    "center_blocks",
     "flat_index",
     "orthogonal_solution",
     # scoring

@@ -61,13 +61,16 @@ def feature_indicators(inputs: Tensor) -> Tensor:
     return out.reshape(n * N, n)
 
 
-def indicator_basis(indicators: Tensor, n_inputs: int, center: bool = True) -> Tensor:
-    """Orthonormal basis of the span of indicator columns (N·C, k), each column mean-centred
-    over inputs within every channel block first (``center``, the SCIENCE.md convention)."""
-    X = indicators.double()
-    if center:
-        blocks = X.reshape(-1, n_inputs, X.shape[1])
-        X = (blocks - blocks.mean(1, keepdim=True)).reshape(X.shape)
+def center_blocks(X: Tensor, n_inputs: int) -> Tensor:
+    """Columns of X (N·C, k) with their mean over inputs removed inside every channel block."""
+    blocks = X.double().reshape(-1, n_inputs, X.shape[1])
+    return (blocks - blocks.mean(1, keepdim=True)).reshape(X.shape)
+
+
+def indicator_basis(indicators: Tensor, n_inputs: int, center: bool = False) -> Tensor:
+    """Orthonormal basis of the span of indicator columns (N·C, k); with ``center`` each column
+    is first mean-centred over inputs within every channel block."""
+    X = center_blocks(indicators, n_inputs) if center else indicators.double()
     return orthonormal_basis(X)
 
 
@@ -124,11 +127,20 @@ def orthogonal_solution(n_features: int, n_hidden: int, seed: int = 0) -> TMSMod
     return TMSModel.from_weights(Q)
 
 
-def feature_recovery(directions: Tensor, truth: GroundTruth) -> tuple[float, float]:
+def feature_recovery(
+    directions: Tensor, truth: GroundTruth, center: bool = False
+) -> tuple[float, float]:
     """Leaderboard task "recover TMS features": the normalised subspace overlap between a
     method's data-space directions (N·n, k) over the channel-major (input, channel) pairs and
-    the span of the represented features' centred indicator columns, with its chance level
-    max(k, r) / (N·n). Score in [0, 1]."""
+    the span of the represented features' indicator columns, with its chance level
+    max(k, r) / (N·n). Score in [0, 1]; the indicator columns themselves score 1.
+
+    ``center=True`` removes the per-channel mean over inputs from both the directions and the
+    indicator columns first, so that knowing only *which channels* carry features earns nothing
+    (a vector constant on channel j's block overlaps feature j's column by E[x_j]²/E[x_j²] —
+    about 0.5 for dense inputs — without centring). Centring only the feature side would
+    score the exact indicator columns below 1, so both sides are treated alike.
+    """
     rows = truth.indicators.shape[0]
     if directions.dim() != 2 or directions.shape[0] != rows:
         raise ValueError(
@@ -139,21 +151,20 @@ def feature_recovery(directions: Tensor, truth: GroundTruth) -> tuple[float, flo
         raise ValueError("the model represents no feature; feature recovery is undefined")
     if not torch.isfinite(directions).all():
         raise ValueError("directions contain NaN or Inf")
-    basis = indicator_basis(truth.represented_indicators(), truth.n_inputs)
-    U = orthonormal_basis(directions.double())
-    return normalized_overlap(U, basis), overlap_chance(rows, U.shape[1], basis.shape[1])
+    basis = indicator_basis(truth.represented_indicators(), truth.n_inputs, center=center)
+    D = center_blocks(directions, truth.n_inputs) if center else directions.double()
+    U = orthonormal_basis(D)
+    chance = overlap_chance(rows, directions.shape[1], basis.shape[1])
+    if U.shape[1] == 0:  # nothing left (e.g. channel-constant directions after centring)
+        return 0.0, chance
+    return normalized_overlap(U, basis), chance
 
 
-def matched_cosines(
-    vectors: Tensor, truth: GroundTruth, center: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
+def matched_cosines(vectors: Tensor, truth: GroundTruth) -> tuple[np.ndarray, np.ndarray]:
     """Best one-to-one match (Hungarian) between vectors (N·n, k) and the represented features'
-    indicator columns by |cosine|. Returns (feature index, |cosine|) per matched feature, sorted
-    by feature index; features left unmatched (k < r) get cosine 0."""
+    indicator columns by |cosine|. Returns (feature index, |cosine|) per represented feature,
+    sorted by feature index; features left unmatched (k < r) get cosine 0."""
     feats = truth.represented_indicators().double()
-    if center:
-        blocks = feats.reshape(-1, truth.n_inputs, feats.shape[1])
-        feats = (blocks - blocks.mean(1, keepdim=True)).reshape(feats.shape)
     feats = feats / feats.norm(dim=0).clamp_min(1e-300)
     V = vectors.double()
     V = V / V.norm(dim=0).clamp_min(1e-300)
