@@ -24,6 +24,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_entk.py
+	$(BIN)/python benchmarks/bench_tms_eigs.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -1,5 +1,6 @@
 """Pure computations on models, batches and matrices: kernels, operators and spectra."""
 
+from metrics.eigensolvers import DenseOperator, Eigenpairs, top_eigenpairs
 from metrics.entk import (
     UnitGram,
     entk,
@@ -10,6 +11,7 @@ from metrics.entk import (
     unit_kernels,
     unit_similarity,
 )
+from metrics.operators import EntkOperator, channel_scale, flatten_full, flattened_entk
 from metrics.spectra import (
     effective_rank,
     eigh_sorted,
@@ -34,6 +36,14 @@ __all__ = [
     "unit_similarity",
     "unit_gram",
     "UnitGram",
+    # matrix-free flattened eNTK and top-k eigenpairs
+    "EntkOperator",
+    "flattened_entk",
+    "flatten_full",
+    "channel_scale",
+    "top_eigenpairs",
+    "Eigenpairs",
+    "DenseOperator",
     # spectra and subspaces
     "eigh_sorted",
     "spectral_cliffs",
