@@ -29,9 +29,8 @@ import pytest
 
 from hypotheses.tms_kernels import (
     BETA,
-    PRESETS,
+    CASES,
     REPORTED_BETA,
-    SEEDS,
     UNSCALED_BETA,
     cliff_match,
     cliff_position,
@@ -43,12 +42,6 @@ from hypotheses.tms_kernels import (
 # Pre-registered (TMS issue, "T1 cliffs count features").
 T1_TOLERANCE = 2  # |position − count| ≤ 2 for r or n
 T1_CONTROL_MIN_DISTANCE = 3  # at initialisation: |position − r_trained| > 2
-
-CASES = [
-    pytest.param(preset, seed, marks=pytest.mark.xdist_group(f"tms-{preset}-{seed}"))
-    for preset in PRESETS
-    for seed in SEEDS
-]
 
 
 @pytest.mark.parametrize("preset, seed", CASES)

@@ -39,9 +39,8 @@ import pytest
 
 from hypotheses.tms_kernels import (
     BETA,
-    PRESETS,
+    CASES,
     REPORTED_BETA,
-    SEEDS,
     channel_baseline,
     feature_overlap,
     setting,
@@ -53,12 +52,6 @@ from testbeds import tms
 # Pre-registered (TMS issue, "T2 eigenspaces align with features").
 T2_OVERLAP_MIN = 0.80
 T2_CONTROL_CHANCE_MULTIPLE_MAX = 3.0
-
-CASES = [
-    pytest.param(preset, seed, marks=pytest.mark.xdist_group(f"tms-{preset}-{seed}"))
-    for preset in PRESETS
-    for seed in SEEDS
-]
 
 
 @pytest.mark.parametrize("preset, seed", CASES)

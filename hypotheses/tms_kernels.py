@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import pytest
 import torch
 
 from leaderboard.records import results_dir
@@ -26,6 +27,12 @@ BETA = 1.0  # the pre-registered importance rescaling ("β = 1 principled")
 REPORTED_BETA = 0.3  # "β = 0.3 also reported" (not gating)
 UNSCALED_BETA = 0.0  # the plain flattened eNTK, whose spectrum Lin 2025 plots (not gating)
 MODELS = ("trained", "init", "planted")
+# every (preset, seed) in its own xdist group, so that T1 and T2 share one worker's spectra
+CASES = [
+    pytest.param(preset, seed, marks=pytest.mark.xdist_group(f"tms-{preset}-{seed}"))
+    for preset in PRESETS
+    for seed in SEEDS
+]
 
 
 @dataclass(frozen=True)
