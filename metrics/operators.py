@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, linearize, vjp, vmap
 
 from metrics.entk import DEFAULT_CHUNK, Output, _prepare, entk, parameter_groups
+from metrics.jacobians import structured_factors
 
 DENSE_MAX_ROWS = 20_000  # EntkOperator.dense() refuses larger kernels (20 000² float64 = 3.2 GB)
 
@@ -140,8 +141,6 @@ class EntkOperator:
         params = dict(self.model.named_parameters())
         self.param_shapes = {n: params[n].shape for n in self.names}
         self.n_params = sum(params[n].numel() for n in self.names)
-        from metrics.jacobians import structured_factors
-
         self.factors, generic = structured_factors(
             self.model, self.inputs, self.readout, self.names, chunk_size
         )
@@ -201,8 +200,11 @@ class EntkOperator:
         b = len(next(iter(U.values())))
         Z = self.inputs.new_zeros((b, self.N, self.R), dtype=self.dtype)
         for name, f in self.factors.items():
-            u = U[name].reshape(b, f.Y.shape[-1], f.X.shape[-1]) if f.y_rows else U[name]
-            u = u if f.y_rows else u.reshape(b, f.X.shape[-1], f.Y.shape[-1]).transpose(1, 2)
+            d_y, d_x = f.Y.shape[-1], f.X.shape[-1]
+            if f.y_rows:  # nn.Linear: rows are outputs
+                u = U[name].reshape(b, d_y, d_x)
+            else:  # nn.Embedding: rows are tokens
+                u = U[name].reshape(b, d_x, d_y).transpose(1, 2)
             ux = torch.einsum("byx,ntx->bnty", u, f.X)
             Z = Z + torch.einsum("ntry,bnty->bnr", f.Y, ux)
         tangents = {n: U[n].to(self.dtype) for n in self.generic}
@@ -226,8 +228,6 @@ class EntkOperator:
         self.matvecs += V.shape[1]
         return out[:, 0] if vector else out
 
-    __matmul__ = matmat
-
     def dense(self, block: int = 256) -> Tensor:
         """K as a dense (R·N, R·N) matrix, built from ``block`` columns at a time."""
         rows = self.shape[0]
@@ -241,7 +241,7 @@ class EntkOperator:
 
     def trace(self) -> float:
         """tr K = Σ_rows s² ‖J row‖², from one pass of Jᵀ over the rows in blocks."""
-        return float(sum(self.diagonal()))
+        return self.diagonal().sum().item()
 
     def diagonal(self, block: int = 256) -> Tensor:
         """diag K (R·N,): s_i² ‖∂y_i/∂θ‖², from Jᵀ applied to blocks of unit vectors."""

@@ -20,7 +20,8 @@ def brute_jacobian(model: nn.Module, inputs: torch.Tensor, readout) -> torch.Ten
     model = model.double()
     params = [p for p in model.parameters() if p.requires_grad]
     rows = {}
-    for i, x in enumerate(inputs.double()):
+    inputs = inputs.double() if inputs.is_floating_point() else inputs
+    for i, x in enumerate(inputs):
         y = readout(model(x[None]))[0]
         for r in range(len(y)):
             grads = torch.autograd.grad(y[r], params, retain_graph=True, allow_unused=True)
@@ -47,7 +48,18 @@ def tms_model() -> TMSModel:
     return model
 
 
+def embedding_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Embedding(5, 3), nn.Flatten(), nn.Linear(6, 2))
+
+
 CASES = {
+    "structured_embedding_full": (
+        embedding_net,
+        lambda: torch.randint(5, (9, 2)),
+        "full",
+        lambda z: z,
+    ),
     "structured_mlp_full": (mlp, lambda: torch.randn(9, 4), "full", lambda z: z),
     "structured_mlp_sum": (mlp, lambda: torch.randn(9, 4), "sum", lambda z: z.sum(1, keepdim=True)),
     "structured_mlp_index": (mlp, lambda: torch.randn(9, 4), 2, lambda z: z[:, 2:3]),
