@@ -1,4 +1,5 @@
-# `make run`  : evaluate every claim in hypotheses/ (results -> results/records.jsonl)
+# `make run`  : evaluate every claim in hypotheses/, then the leaderboard and the report
+#               (results/records.jsonl, claims.md, leaderboard.{csv,md}, report.html; W&B offline)
 # `make test` : the test suite (unit tests, controls, small end-to-end runs)
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m pytest hypotheses/ -n 2 --dist loadgroup -p no:cacheprovider -rA
+	$(BIN)/python -m pytest hypotheses/ -n 2 --dist loadgroup -p no:cacheprovider -rA; \
+	claims=$$?; $(BIN)/ntkbench leaderboard; board=$$?; \
+	exit $$(( claims > board ? claims : board ))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests/ -n 2 -q

@@ -22,6 +22,7 @@ import pandas as pd
 
 RESULTS_ENV = "NTKBENCH_RESULTS"
 COMPARISONS = (">=", "<=")
+STATUSES = ("ok", "failed", "n/a")
 
 
 def results_dir() -> Path:
@@ -62,11 +63,18 @@ class Record:
     versions: dict[str, str] = field(default_factory=dict)
     started_at: str = ""
     seconds: float = 0.0
-    run_id: str = ""  # one id per `pytest hypotheses/` session
+    run_id: str = ""  # one id per `pytest hypotheses/` session or leaderboard invocation
+    # leaderboard scores only: claim is "", threshold is the chance level, passed = reached it
+    method: str = ""
+    task: str = ""
+    status: str = "ok"  # "ok", "failed" (error holds the message) or "n/a" (not applicable)
+    error: str = ""
 
     def __post_init__(self) -> None:
         if self.comparison not in COMPARISONS:
             raise ValueError(f"comparison must be one of {COMPARISONS}, got {self.comparison!r}")
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got status={self.status!r}")
 
     def to_json(self) -> str:
         def clean(v: Any) -> Any:
@@ -110,6 +118,13 @@ def read(path: Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def claim_records(records: pd.DataFrame) -> pd.DataFrame:
+    """Only the claim records (leaderboard scores carry a method name)."""
+    if records.empty or "method" not in records:
+        return records
+    return records[records["method"].fillna("") == ""]
+
+
 def latest(records: pd.DataFrame) -> pd.DataFrame:
     """For each (claim, testbed, preset, statistic, seed) the record of the newest run."""
     if records.empty:
@@ -118,28 +133,50 @@ def latest(records: pd.DataFrame) -> pd.DataFrame:
     return records.sort_values("started_at").groupby(keys, as_index=False).tail(1)
 
 
-def claims_table(records: pd.DataFrame) -> str:
-    """Markdown table of the newest records: one row per (claim, statistic), every seed's
-    value, the control values, chance, the criterion and the verdict over seeds."""
-    if records.empty:
-        return "(no records)"
+def _fmt(values) -> str:
+    return ", ".join("–" if v is None or pd.isna(v) else f"{v:.3f}" for v in values)
+
+
+def claims_frame(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per (claim, preset, statistic) of the newest claim records: every seed's value,
+    the control values, chance, the criterion and the verdict over seeds (pass only if every
+    seed passes)."""
+    columns = ["claim", "preset", "statistic", "seeds", "value per seed", "control per seed"]
+    columns += ["chance", "criterion", "verdict"]
+    recent = latest(claim_records(records))
+    if recent.empty:
+        return pd.DataFrame(columns=columns)
     rows = []
-    recent = latest(records)
     for (claim, preset, statistic), group in recent.groupby(["claim", "preset", "statistic"]):
         group = group.sort_values("seed")
-
-        def fmt(values) -> str:
-            return ", ".join("–" if v is None or pd.isna(v) else f"{v:.3f}" for v in values)
-
-        chance = group["chance"].dropna()
+        chance = group["chance"].dropna() if "chance" in group else pd.Series(dtype=float)
         rows.append(
-            f"| {claim} | {preset} | {statistic} | {fmt(group['value'])} | "
-            f"{fmt(group['control_value'])} | {fmt(chance.iloc[:1]) if len(chance) else '–'} | "
-            f"{group['comparison'].iloc[0]} {group['threshold'].iloc[0]:g} | "
-            f"{'pass' if group['passed'].all() else 'FAIL'} |"
+            {
+                "claim": claim,
+                "preset": preset,
+                "statistic": statistic,
+                "seeds": ", ".join(str(int(s)) for s in group["seed"]),
+                "value per seed": _fmt(group["value"]),
+                "control per seed": _fmt(group["control_value"]),
+                "chance": _fmt(chance.iloc[:1]) if len(chance) else "–",
+                "criterion": f"{group['comparison'].iloc[0]} {group['threshold'].iloc[0]:g}",
+                "verdict": "pass" if group["passed"].all() else "FAIL",
+            }
         )
-    header = (
-        "| claim | preset | statistic | value per seed | control per seed | chance | criterion "
-        "| verdict |\n|---|---|---|---|---|---|---|---|"
-    )
-    return "\n".join([header, *rows])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub markdown table (no extra dependency)."""
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join([header, rule, *body])
+
+
+def claims_table(records: pd.DataFrame) -> str:
+    """Markdown table of :func:`claims_frame`."""
+    frame = claims_frame(records)
+    if frame.empty:
+        return "(no records)"
+    return markdown(frame.drop(columns=["seeds"]))

@@ -23,7 +23,12 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from metrics.spectra import normalized_overlap, orthonormal_basis, overlap_chance
+from metrics.spectra import (
+    normalized_overlap,
+    orthonormal_basis,
+    overlap_chance,
+    subspace_overlap,
+)
 from testbeds.tms.models import TMSModel
 from testbeds.tms.train import REPRESENTED_NORM
 
@@ -128,7 +133,7 @@ def orthogonal_solution(n_features: int, n_hidden: int, seed: int = 0) -> TMSMod
 
 
 def feature_recovery(
-    directions: Tensor, truth: GroundTruth, center: bool = False
+    directions: Tensor, truth: GroundTruth, center: bool = False, budget: int | None = None
 ) -> tuple[float, float]:
     """Leaderboard task "recover TMS features": the normalised subspace overlap between a
     method's data-space directions (N·n, k) over the channel-major (input, channel) pairs and
@@ -140,6 +145,10 @@ def feature_recovery(
     (a vector constant on channel j's block overlaps feature j's column by E[x_j]²/E[x_j²] —
     about 0.5 for dense inputs — without centring). Centring only the feature side would
     score the exact indicator columns below 1, so both sides are treated alike.
+
+    ``budget`` (default: the number of columns) is the k used for normalisation and chance,
+    ‖Uᵀ B‖² / min(budget, r): directions that lose rank (e.g. to centring) then score lower
+    instead of being renormalised by their own rank.
     """
     rows = truth.indicators.shape[0]
     if directions.dim() != 2 or directions.shape[0] != rows:
@@ -151,13 +160,21 @@ def feature_recovery(
         raise ValueError("the model represents no feature; feature recovery is undefined")
     if not torch.isfinite(directions).all():
         raise ValueError("directions contain NaN or Inf")
+    k = directions.shape[1] if budget is None else budget
+    if not 1 <= k <= rows or directions.shape[1] > k:
+        raise ValueError(
+            f"budget must be in {directions.shape[1]}..{rows} (at least the number of "
+            f"directions), got budget={budget}"
+        )
     basis = indicator_basis(truth.represented_indicators(), truth.n_inputs, center=center)
     D = center_blocks(directions, truth.n_inputs) if center else directions.double()
     U = orthonormal_basis(D)
-    chance = overlap_chance(rows, directions.shape[1], basis.shape[1])
+    chance = overlap_chance(rows, k, basis.shape[1])
     if U.shape[1] == 0:  # nothing left (e.g. channel-constant directions after centring)
         return 0.0, chance
-    return normalized_overlap(U, basis), chance
+    if budget is None:
+        return normalized_overlap(U, basis), chance
+    return subspace_overlap(U, basis) / min(k, basis.shape[1]), chance
 
 
 def matched_cosines(vectors: Tensor, truth: GroundTruth) -> tuple[np.ndarray, np.ndarray]:

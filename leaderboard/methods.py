@@ -1,0 +1,193 @@
+"""Built-in leaderboard methods. Each takes a :class:`leaderboard.api.Problem` and returns
+directions ``(rows, k)`` or labels ``(rows,)``; the docstring says what it computes and whom it
+follows.
+
+Kernels over inputs are the class-averaged trace eNTK (``metrics.entk``, dense eigh); kernels
+over flattened (input, channel) rows are the flattened eNTK (``metrics.EntkOperator``,
+unscaled, Lanczos top-k).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans, SpectralClustering
+from torch import Tensor
+from torch.func import functional_call, grad, vmap
+
+from leaderboard.api import NotApplicable, Problem, register_method
+from metrics.clustering import spectral_partition
+from metrics.eigensolvers import top_eigenpairs
+from metrics.entk import entk, parameter_groups, unit_gram
+from metrics.operators import EntkOperator
+from metrics.spectra import eigh_sorted
+
+LIN2025 = "Lin 2025, Feature Identification via the Empirical NTK (arXiv 2510.00468)"
+QDG_MAX_ROWS = 5000  # the angular-similarity matrix is rows × rows, dense
+QDG_CHUNK = 128  # examples per vmap(grad) call
+LAPLACIAN_POOL = 2  # entk_laplacian rotates the top (POOL·k + 1) eigenvectors
+DEGENERATE_FRACTION = 0.25  # stage-1 values closer than this × the graph's gap are degenerate
+
+
+def _directions_only(problem: Problem, name: str) -> None:
+    if problem.kind != "directions":
+        raise NotApplicable(f"{name} returns data-space directions, not a partition")
+
+
+def kernel_top(problem: Problem, n: int, groups=None) -> tuple[Tensor, Tensor]:
+    """Top-n eigenpairs (values (n,), vectors (rows, n)) of the problem's eNTK restricted to
+    ``groups``: the trace kernel over inputs, the flattened kernel over (input, channel)."""
+    if problem.over == "flattened":
+        op = EntkOperator(problem.model, problem.inputs, output="full", groups=groups)
+        pairs = top_eigenpairs(op, n, seed=problem.seed)
+        return pairs.values, pairs.vectors
+    K = entk(problem.model, problem.inputs, output="trace", groups=groups)
+    values, vectors = eigh_sorted(K)
+    return values[:n], vectors[:, :n]
+
+
+@register_method("entk_trace", source=LIN2025)
+def entk_trace(problem: Problem) -> Tensor | np.ndarray:
+    """Top-k eigenvectors of the full eNTK (all parameters); for a partition of hidden units,
+    spectral clustering (k clusters) of the double-centred unit-kernel similarity."""
+    if problem.kind == "partition" and problem.over != "units":
+        raise NotApplicable("entk_trace partitions hidden units, not inputs")
+    if problem.over == "units":
+        gram = unit_gram(problem.model, problem.inputs, problem.units)
+        labels, _ = spectral_partition(gram.similarity(center=True), problem.k, seed=problem.seed)
+        return labels
+    return kernel_top(problem, problem.k)[1]
+
+
+@register_method("entk_layerwise", source=LIN2025 + ", layerwise eNTK (Sec. 4)")
+def entk_layerwise(problem: Problem) -> Tensor:
+    """Top-k eigenvectors of one layer's eNTK. The layer (parameter group, one per module) is
+    chosen without ground truth: the one whose spectrum has the sharpest cliff right after the
+    budget, λ_k / λ_{k+1} largest, i.e. whose top-k eigenspace is best separated."""
+    _directions_only(problem, "entk_layerwise")
+    if problem.k + 1 >= problem.rows:
+        raise NotApplicable("the budget leaves no eigenvalue after k to compare")
+    best, best_ratio = None, -1.0
+    for group, members in parameter_groups(problem.model).items():
+        values, vectors = kernel_top(problem, problem.k + 1, {group: members})
+        ratio = float(values[problem.k - 1] / values[problem.k].clamp_min(1e-300))
+        if ratio > best_ratio:
+            best, best_ratio = vectors[:, : problem.k], ratio
+    return best
+
+
+@register_method(
+    "entk_laplacian",
+    source=LIN2025 + ", graph-smoothness rotation of a cliff's eigenvectors (v4)",
+)
+def entk_laplacian(problem: Problem) -> Tensor:
+    """Rotate the top (2k + 1) eigenvectors V of the trace eNTK by graph smoothness and keep the
+    k smoothest along the target family's graph.
+
+    Two-stage diagonalisation: stage 1 diagonalises Vᵀ L_t V, L_t the Laplacian of the cycles
+    along which the target quantity is constant (its null space is the functions of the target);
+    stage 2 diagonalises the partner Laplacian (a ↔ b, sum ↔ difference) inside each group of
+    stage-1 values that are degenerate (closer than a quarter of L_t's smallest non-zero
+    eigenvalue), which splits a family into its frequencies. Needs ``problem.graphs`` and
+    ``problem.target`` (modular addition provides both).
+    """
+    if problem.over != "inputs" or problem.kind != "directions":
+        raise NotApplicable("entk_laplacian returns directions over inputs")
+    if not problem.graphs or problem.target not in (problem.graphs or {}):
+        raise NotApplicable("entk_laplacian needs input graphs and a target family")
+    partners = {"a": "b", "b": "a", "sum": "difference", "difference": "sum"}
+    pool = min(problem.rows - 1, LAPLACIAN_POOL * problem.k + 1)
+    _, V = kernel_top(problem, pool)
+    L1 = problem.graphs[problem.target]
+    mu1, R1 = torch.linalg.eigh(V.T @ L1 @ V)  # ascending smoothness along the target graph
+    graph_values = torch.linalg.eigvalsh(L1)
+    tol = DEGENERATE_FRACTION * graph_values[graph_values > 1e-9].min()
+    W = V @ R1
+    partner = problem.graphs.get(partners.get(problem.target, ""))
+    if partner is not None:
+        start = 0
+        for i in range(1, pool + 1):
+            if i == pool or mu1[i] - mu1[i - 1] > tol:
+                block = W[:, start:i]
+                _, R2 = torch.linalg.eigh(block.T @ partner @ block)
+                W[:, start:i] = block @ R2
+                start = i
+    return W[:, : problem.k]
+
+
+def per_example_gradients(problem: Problem) -> Tensor:
+    """Per-example loss gradients (N, P), float32, in chunks of QDG_CHUNK examples."""
+    model = problem.model
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def loss_one(theta, x, y):
+        out = functional_call(model, theta, (x[None],))
+        return problem.loss(out, y[None])[0]
+
+    grad_fn = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    rows = []
+    for start in range(0, len(problem.inputs), QDG_CHUNK):
+        x = problem.inputs[start : start + QDG_CHUNK]
+        y = problem.targets[start : start + QDG_CHUNK]
+        g = grad_fn(params, x, y)
+        rows.append(torch.cat([g[n].reshape(len(x), -1) for n in params], 1))
+    return torch.cat(rows)
+
+
+@register_method(
+    "qdg",
+    source="Michaud et al. 2023, The Quantization Model of Neural Scaling (quanta discovery "
+    "from gradients)",
+)
+def qdg(problem: Problem) -> np.ndarray:
+    """Quanta discovery from gradients: per-example loss gradients, cosine-normalised; affinity
+    1 − arccos(cos)/π (angular similarity); sklearn SpectralClustering into k clusters of
+    inputs. On a directions task the clusters are scored through their indicator vectors."""
+    if problem.over != "inputs":
+        raise NotApplicable("qdg clusters inputs by their loss gradients")
+    if problem.rows > QDG_MAX_ROWS:
+        raise NotApplicable(f"qdg's dense affinity needs rows ≤ {QDG_MAX_ROWS}")
+    G = per_example_gradients(problem).double()
+    G = G / G.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    cos = (G @ G.T).clamp(-1.0, 1.0)
+    affinity = (1.0 - torch.arccos(cos) / torch.pi).numpy()
+    clustering = SpectralClustering(
+        n_clusters=problem.k, affinity="precomputed", random_state=problem.seed
+    )
+    return clustering.fit_predict(affinity)
+
+
+@register_method(
+    "activation_pca",
+    source="principal components of hidden activations, the baseline of Lin 2025 v4",
+)
+def activation_pca(problem: Problem) -> Tensor | np.ndarray:
+    """Top-k principal components of the hidden activations: left singular vectors of the
+    column-centred activation matrix (zero columns past its rank). For a partition of hidden
+    units, k-means of the units' profiles projected on the top-k components."""
+    if problem.activations is None:
+        raise NotApplicable("the testbed defines no hidden activations")
+    if problem.kind == "partition" and problem.over != "units":
+        raise NotApplicable("activation_pca partitions hidden units, not inputs")
+    with torch.no_grad():
+        A = problem.activations(problem.model, problem.inputs).double()
+    A = A - A.mean(0, keepdim=True)
+    U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+    rank = int((S > S[0] * 1e-10).sum()) if S.numel() and S[0] > 0 else 0
+    if problem.over == "units":
+        embedding = (Vh[: min(problem.k, rank)].T * S[: min(problem.k, rank)]).numpy()
+        kmeans = KMeans(n_clusters=problem.k, n_init=10, random_state=problem.seed)
+        return kmeans.fit_predict(embedding)
+    out = torch.zeros(problem.rows, problem.k, dtype=torch.float64)
+    keep = min(problem.k, rank)
+    out[:, :keep] = U[:, :keep]
+    return out
+
+
+@register_method("random", source="chance baseline: seeded Gaussian directions / uniform labels")
+def random(problem: Problem) -> Tensor:
+    """k seeded Gaussian directions, or uniform random labels in k clusters."""
+    generator = problem.generator("random")
+    if problem.kind == "partition":
+        return torch.randint(0, problem.k, (problem.rows,), generator=generator)
+    return torch.randn(problem.rows, problem.k, generator=generator, dtype=torch.float64)

@@ -1,0 +1,239 @@
+"""Run methods on tasks, isolating failures, and record every (method, task, seed) result.
+
+For each task and seed the problem is built once (training comes from the testbed's run cache)
+and every method gets its own copy of the model. A method that raises, exceeds its time
+budget, or returns the wrong shape, NaN or Inf is recorded as ``failed`` with the message; a
+method that raises :class:`leaderboard.api.NotApplicable` is recorded as ``n/a``; every other
+method still runs. Results are appended to ``records.jsonl`` (one locked append per record).
+
+Scores are cached by their inputs: a record whose ``extra.cache_key`` (method source, task
+source and version, testbed code, config, seed, torch version) matches and whose status is
+``ok`` or ``n/a`` is reused instead of recomputed, unless ``force``. Reused records are
+returned, not appended again, so the file never double-counts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from leaderboard.api import DEFAULT_TIMEOUT, Method, NotApplicable, Problem, Task
+from leaderboard.records import Record, append, read, records_path
+from leaderboard.scoring import indicator_directions
+from testbeds.runs import code_hash, config_hash, git_sha, versions
+
+
+class MethodTimeout(Exception):
+    """A method ran past its time budget."""
+
+
+class OutputError(ValueError):
+    """A method's output does not fit the problem."""
+
+
+def _call(method: Method, problem: Problem, seconds: float | None):
+    """method.fn(problem) with a wall-clock budget (SIGALRM; enforced in the main thread)."""
+    usable = (
+        seconds is not None
+        and hasattr(signal, "SIGALRM")
+        and threading.current_thread() is threading.main_thread()
+    )
+    if not usable:
+        return method.fn(problem)
+
+    def expire(signum, frame):
+        raise MethodTimeout(f"exceeded its time budget of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return method.fn(problem)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def check_output(output, problem: Problem) -> Tensor:
+    """Validate a method's output and convert it to what the task scores: float64 directions
+    (rows, j ≤ k) for a directions task (a partition becomes cluster indicators), int64 labels
+    (rows,) for a partition task. Raises OutputError naming what was expected."""
+    if isinstance(output, np.ndarray):
+        output = torch.from_numpy(np.ascontiguousarray(output))
+    if not isinstance(output, Tensor):
+        raise OutputError(f"output must be a tensor or numpy array, got {type(output).__name__}")
+    output = output.detach().cpu()
+    rows, k = problem.rows, problem.k
+    expected = (
+        f"float directions of shape ({rows}, {k}) or integer labels of shape ({rows},) "
+        f"with at most {k} clusters"
+    )
+    if output.is_floating_point() and output.dim() == 2:
+        if tuple(output.shape) != (rows, k):
+            raise OutputError(f"wrong shape {tuple(output.shape)}; expected {expected}")
+        if not torch.isfinite(output).all():
+            raise OutputError("directions contain NaN or Inf")
+        if problem.kind == "partition":
+            raise OutputError(f"this task scores a partition; expected labels of shape ({rows},)")
+        return output.double()
+    if not output.is_floating_point() and not output.is_complex() and output.dim() == 1:
+        if len(output) != rows:
+            raise OutputError(f"wrong shape {tuple(output.shape)}; expected {expected}")
+        clusters = int(torch.unique(output).numel())
+        if clusters > k:
+            raise OutputError(f"{clusters} clusters exceed the budget k={k}")
+        labels = output.long()
+        return labels if problem.kind == "partition" else indicator_directions(labels)
+    raise OutputError(f"wrong output {output.dtype} {tuple(output.shape)}; expected {expected}")
+
+
+def cache_key(method: Method, task: Task, seed: int) -> str:
+    """Hash of everything a score depends on (module docstring)."""
+    package = Path(sys.modules[type(task.config).__module__].__file__).parent
+    parts = [
+        method.name,
+        method.code_hash(),
+        task.name,
+        task.code_hash(),
+        code_hash(sorted(package.glob("*.py"))),
+        config_hash(task.config),
+        str(seed),
+        torch.__version__,
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def _cached(path: Path) -> dict[str, dict]:
+    records = read(path)
+    if records.empty or "extra" not in records or "status" not in records:
+        return {}
+    out = {}
+    for row in records.sort_values("started_at").to_dict("records"):
+        key = (row.get("extra") or {}).get("cache_key")
+        if key and row.get("status") in ("ok", "n/a"):
+            out[key] = row
+    return out
+
+
+def _as_record(row: dict) -> Record:
+    """A record read back from the file (pandas turns missing numbers into NaN)."""
+    fields = {f.name for f in dataclasses.fields(Record)}
+    clean = {k: v for k, v in row.items() if k in fields}
+
+    def missing(v) -> bool:
+        return v is None or (isinstance(v, float) and math.isnan(v))
+
+    for name in ("value", "threshold"):
+        clean[name] = math.nan if missing(clean.get(name)) else float(clean[name])
+    for name in ("chance", "control_value"):
+        clean[name] = None if missing(clean.get(name)) else float(clean[name])
+    clean["seed"] = int(clean["seed"])
+    return Record(**clean)
+
+
+def _message(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".strip()
+
+
+def evaluate(
+    tasks: Sequence[Task],
+    methods: Sequence[Method],
+    seeds: Sequence[int],
+    *,
+    run_id: str,
+    force: bool = False,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    path: Path | None = None,
+    progress: bool = True,
+) -> list[Record]:
+    """Score every method on every task and seed; returns one Record per combination."""
+    path = Path(path) if path is not None else records_path()
+    cached = {} if force else _cached(path)
+    provenance = {"git_sha": git_sha(), "versions": versions(), "run_id": run_id}
+    results: list[Record] = []
+    bar = tqdm(
+        total=len(tasks) * len(seeds) * len(methods),
+        desc="leaderboard",
+        disable=not progress,
+    )
+    for task in tasks:
+        for seed in seeds:
+            keys = {m.name: cache_key(m, task, seed) for m in methods}
+            pending = [m for m in methods if keys[m.name] not in cached]
+            for m in methods:
+                if keys[m.name] in cached:
+                    results.append(_as_record(cached[keys[m.name]]))
+                    bar.update()
+            if not pending:
+                continue
+            bar.set_postfix_str(f"{task.name} seed {seed}: building the problem")
+            try:
+                problem, truth = task.setup(seed)
+                setup_error = None
+            except Exception as error:  # noqa: BLE001 - recorded for every method
+                problem, truth, setup_error = None, None, f"task setup failed: {_message(error)}"
+            for method in pending:
+                bar.set_postfix_str(f"{task.name} seed {seed}: {method.name}")
+                started = datetime.now(UTC).isoformat(timespec="seconds")
+                clock = time.perf_counter()
+                value, chance, extra, status, message = math.nan, None, {}, "ok", ""
+                if setup_error is not None:
+                    status, message = "failed", setup_error
+                else:
+                    try:
+                        mine = dataclasses.replace(problem, model=copy.deepcopy(problem.model))
+                        budget = method.timeout if method.timeout is not None else timeout
+                        output = check_output(_call(method, mine, budget), problem)
+                        value, chance, extra = task.score(output, truth, problem)
+                        if not 0.0 <= value <= 1.0 + 1e-9:
+                            raise OutputError(f"task score {value} outside [0, 1]")
+                    except NotApplicable as reason:
+                        status, message, value = "n/a", str(reason), math.nan
+                    except Exception as error:  # noqa: BLE001 - isolation is the point
+                        status, message, value = "failed", _message(error), math.nan
+                record = Record(
+                    claim="",
+                    testbed=task.testbed,
+                    preset=task.preset,
+                    seed=seed,
+                    statistic=task.name,
+                    value=float(value),
+                    threshold=math.nan if chance is None else float(chance),
+                    comparison=">=",
+                    passed=status == "ok" and chance is not None and value >= chance,
+                    chance=chance,
+                    extra={
+                        **extra,
+                        "cache_key": keys[method.name],
+                        "k": None if problem is None else problem.k,
+                        "method_source": method.source,
+                        "method_origin": method.origin,
+                        "task_version": task.version,
+                    },
+                    config_hash=config_hash(task.config),
+                    started_at=started,
+                    seconds=time.perf_counter() - clock,
+                    method=method.name,
+                    task=task.name,
+                    status=status,
+                    error=message,
+                    **provenance,
+                )
+                append(record, path)
+                results.append(record)
+                bar.update()
+    bar.close()
+    return results

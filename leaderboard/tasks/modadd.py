@@ -1,0 +1,218 @@
+"""Scoring tasks of the modular-addition testbed (``testbeds.modadd``).
+
+All directions live on the p² inputs in canonical order (row a·p + b). Budgets follow the
+conventions of claim H1 (``hypotheses/test_h1_fourier_circuits.py``):
+
+* ``modadd_mlp.sum_family`` / ``modadd_mlp.difference_family`` (``lin2025_mlp``): k = F =
+  2(p − 1) directions, one eNTK cliff's width; score = normalised overlap with the mean-centred
+  Fourier family of a + b (resp. a − b), i.e. the fraction of the (p − 1)-dimensional family
+  inside the method's span. Chance F/p².
+* ``modadd_mlp.neuron_frequency`` (``lin2025_mlp``): a partition of the 512 hidden neurons
+  into at most k clusters, k = the number of distinct dominant frequencies among neurons with a
+  clear one (≥ 50% of their Fourier power); score = ARI against the dominant frequency on those
+  neurons, clipped at 0.
+* ``modadd_transformer.key_sum_modes`` (``lin2025_transformer``): k = 2|K| + 1 directions,
+  K the network's key frequencies; score = overlap with the sum family restricted to K,
+  divided by 2|K| (H1d's statistic). Chance (2|K| + 1)/p².
+
+Problems carry the four cyclic graphs of the input torus (``graphs[f]`` is the Laplacian of the
+cycles along which f stays constant, so its null space is the functions of f) and name the
+task's family as ``target``: domain knowledge about the inputs that graph-smoothness methods
+use, not knowledge of the trained network.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from leaderboard.api import Problem, Task, register_task
+from leaderboard.scoring import partition_score, subspace_score
+from metrics.entk import hidden_units
+from metrics.spectra import orthonormal_basis
+from testbeds import modadd
+
+MLP_PRESET = "lin2025_mlp"
+TRANSFORMER_PRESET = "lin2025_transformer"
+# graph name → step (da, db) along which that quantity stays constant
+GRAPH_STEPS = {"a": (0, 1), "b": (1, 0), "sum": (1, -1), "difference": (1, 1)}
+
+
+@lru_cache(maxsize=2)
+def torus_graphs(p: int) -> dict[str, Tensor]:
+    """Cycle-graph Laplacians (p², p²) float64 on the input torus; ``graphs[f]`` connects each
+    input to its neighbours along the direction that keeps f fixed (module docstring)."""
+    a, b = modadd.pairs(p)
+    graphs = {}
+    for name, (da, db) in GRAPH_STEPS.items():
+        shift = torch.zeros(p * p, p * p, dtype=torch.float64)
+        shift[torch.arange(p * p), ((a + da) % p) * p + (b + db) % p] = 1.0
+        graphs[name] = 2 * torch.eye(p * p, dtype=torch.float64) - shift - shift.T
+    return graphs
+
+
+@lru_cache(maxsize=4)
+def family_basis(p: int, family: str) -> Tensor:
+    return orthonormal_basis(modadd.fourier_family(p, family), center=True)
+
+
+def _loss(config: modadd.Config):
+    if config.loss == "mse":
+        classes = torch.arange(config.p)
+
+        def mse(outputs: Tensor, targets: Tensor) -> Tensor:
+            one_hot = (targets[:, None] == classes).to(outputs)  # (n, p); vmap-safe
+            return (outputs - one_hot).pow(2).mean(-1)
+
+        return mse
+
+    def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(outputs, targets, reduction="none")
+
+    return cross_entropy
+
+
+def mlp_activations(model: nn.Module, inputs: Tensor) -> Tensor:
+    """Hidden activations of the quadratic MLP, (N, width)."""
+    u = model.layer1(inputs) / math.sqrt(2 * model.p)  # (N, width), as in ModAddMLP.forward
+    return u * u if model.activation == "quadratic" else torch.relu(u)
+
+
+def transformer_activations(model: nn.Module, inputs: Tensor) -> Tensor:
+    """MLP neuron activations at "=", (N, d_mlp)."""
+    return model.neuron_activations(inputs)
+
+
+def _problem(preset: str, seed: int, task: str, *, k: int, kind: str, over: str, **fields):
+    config = modadd.preset(preset)
+    model = modadd.train(config, seed).final_model().eval()
+    inputs = modadd.probe_inputs(config)
+    arch_fields = (
+        {"activations": mlp_activations, "units": hidden_units(model, "layer1", "layer2")}
+        if config.arch == "mlp"
+        else {"activations": transformer_activations}
+    )
+    rows = len(arch_fields["units"]) if over == "units" else config.p**2
+    problem = Problem(
+        model=model,
+        inputs=inputs,
+        k=k,
+        kind=kind,
+        over=over,
+        rows=rows,
+        targets=modadd.labels(config.p),
+        loss=_loss(config),
+        graphs=torus_graphs(config.p),
+        seed=seed,
+        task=task,
+        **arch_fields,
+        **fields,
+    )
+    return problem, model
+
+
+def _family_task(family: str) -> Task:
+    name = f"modadd_mlp.{family}_family"
+    config = modadd.preset(MLP_PRESET)
+
+    def setup(seed: int):
+        problem, _ = _problem(
+            MLP_PRESET,
+            seed,
+            name,
+            k=2 * (config.p - 1),
+            kind="directions",
+            over="inputs",
+            target=family,
+        )
+        return problem, family_basis(config.p, family)
+
+    def score(directions: Tensor, basis: Tensor, problem: Problem):
+        value, chance = subspace_score(directions, basis, problem.k)
+        return value, chance, {"family_dim": basis.shape[1]}
+
+    return Task(
+        name=name,
+        testbed=modadd.TESTBED,
+        preset=MLP_PRESET,
+        kind="directions",
+        over="inputs",
+        description=f"Fourier {family} family in k = 2(p−1) directions over the p² inputs",
+        config=config,
+        setup=setup,
+        score=score,
+    )
+
+
+def _neuron_task() -> Task:
+    name = "modadd_mlp.neuron_frequency"
+    config = modadd.preset(MLP_PRESET)
+
+    def setup(seed: int):
+        model = modadd.train(config, seed).final_model()
+        truth = modadd.neuron_frequencies(model)
+        k = int(torch.unique(truth.dominant[truth.clear]).numel())
+        problem, _ = _problem(MLP_PRESET, seed, name, k=k, kind="partition", over="units")
+        return problem, truth
+
+    def score(labels: Tensor, truth: modadd.NeuronFrequencies, problem: Problem):
+        value, chance, raw = partition_score(
+            labels, truth.dominant, truth.clear, problem.k, seed=problem.seed
+        )
+        return value, chance, {"ari": raw, "clear_neurons": int(truth.clear.sum())}
+
+    return Task(
+        name=name,
+        testbed=modadd.TESTBED,
+        preset=MLP_PRESET,
+        kind="partition",
+        over="units",
+        description="hidden neurons → dominant frequency (ARI on clear neurons, clipped at 0)",
+        config=config,
+        setup=setup,
+        score=score,
+    )
+
+
+def _key_sum_task() -> Task:
+    name = "modadd_transformer.key_sum_modes"
+    config = modadd.preset(TRANSFORMER_PRESET)
+
+    def setup(seed: int):
+        model = modadd.train(config, seed).final_model()
+        keys = modadd.key_frequencies(model)
+        family = modadd.restrict_to_frequencies(modadd.fourier_family(config.p, "sum"), keys)
+        problem, _ = _problem(
+            TRANSFORMER_PRESET,
+            seed,
+            name,
+            k=2 * len(keys) + 1,
+            kind="directions",
+            over="inputs",
+            target="sum",
+        )
+        return problem, orthonormal_basis(family, center=True)
+
+    def score(directions: Tensor, basis: Tensor, problem: Problem):
+        value, chance = subspace_score(directions, basis, problem.k)
+        return value, chance, {"key_frequencies": basis.shape[1] // 2}
+
+    return Task(
+        name=name,
+        testbed=modadd.TESTBED,
+        preset=TRANSFORMER_PRESET,
+        kind="directions",
+        over="inputs",
+        description="sum modes of the key frequencies K in k = 2|K|+1 directions",
+        config=config,
+        setup=setup,
+        score=score,
+    )
+
+
+for _task in (_family_task("sum"), _family_task("difference"), _neuron_task(), _key_sum_task()):
+    register_task(_task)

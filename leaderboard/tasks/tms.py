@@ -1,0 +1,82 @@
+"""Scoring tasks of the Toy Models of Superposition testbed (``testbeds.tms``).
+
+``tms_features.<preset>`` for the three Lin 2025 presets: on the fixed dataset (N = 500
+inputs, n = 50 features) a method returns k = r directions over the N·n channel-major
+(input, output channel) pairs, r the number of represented features (‖W_j‖² ≥ 0.75). Score:
+:func:`testbeds.tms.feature_recovery` with ``center=True`` (per-channel means removed on both
+sides, so knowing only *which channels* carry features earns nothing) and the budget r; chance
+r/(N·n).
+
+Hidden activations in the flattened row space: row (x, c) holds the hidden dimensions'
+contributions to channel c's pre-activation, W[:, c] ∘ h(x) (m values).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from leaderboard.api import Problem, Task, register_task
+from testbeds import tms
+
+PRESETS = ("lin2025_tms_m10_s0.3", "lin2025_tms_m10_s0.9", "lin2025_tms_m40_s0.9")
+
+
+def contributions(model: nn.Module, inputs: Tensor) -> Tensor:
+    """(N·n, m) channel-major: row c·N + x is W[:, c] ∘ h(x)."""
+    W = model.W[0]  # (m, n)
+    h = model.hidden(inputs)  # (N, m)
+    return (W.T[:, None, :] * h[None, :, :]).reshape(-1, W.shape[0])  # (n, N, m) → (n·N, m)
+
+
+def _task(preset: str) -> Task:
+    name = f"tms_features.{preset.removeprefix('lin2025_tms_')}"
+    config = tms.preset(preset)
+    weights = tms.importances(config)
+
+    def term_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+        return (targets - outputs).pow(2) * weights.to(outputs)
+
+    def loss(outputs: Tensor, targets: Tensor) -> Tensor:
+        return term_loss(outputs, targets).sum(-1)
+
+    def setup(seed: int):
+        model = tms.train(config, seed).final_model().eval()
+        inputs = tms.probe_inputs(config, seed)
+        truth = tms.ground_truth(model, inputs)
+        if truth.n_represented == 0:
+            raise ValueError(f"{preset} seed {seed} represents no feature; the task is undefined")
+        problem = Problem(
+            model=model,
+            inputs=inputs,
+            k=truth.n_represented,
+            kind="directions",
+            over="flattened",
+            rows=inputs.numel(),
+            targets=inputs,
+            loss=loss,
+            term_loss=term_loss,
+            activations=contributions,
+            seed=seed,
+            task=name,
+        )
+        return problem, truth
+
+    def score(directions: Tensor, truth: tms.GroundTruth, problem: Problem):
+        value, chance = tms.feature_recovery(directions, truth, center=True, budget=problem.k)
+        return value, chance, {"represented": truth.n_represented}
+
+    return Task(
+        name=name,
+        testbed=tms.TESTBED,
+        preset=preset,
+        kind="directions",
+        over="flattened",
+        description=f"represented TMS features of {preset} in k = r directions over (x, c)",
+        config=config,
+        setup=setup,
+        score=score,
+    )
+
+
+for _preset in PRESETS:
+    register_task(_task(_preset))

@@ -1,0 +1,84 @@
+"""Copies of a leaderboard invocation in Weights & Biases (offline by default).
+
+One W&B run per invocation, grouped by suite version: the leaderboard and claims tables as
+``wandb.Table``, each task's per-method mean score in the run summary, the config (methods,
+tasks, testbeds, seeds, git commit), the plots as ``wandb.Image`` and the records file as an
+artifact. ``mode="offline"`` needs no account or network: the run lands in ``./wandb`` (or
+``$WANDB_DIR``) and ``wandb sync wandb/offline-run-*`` uploads it later.
+
+W&B is optional to the results: :func:`log_run` never raises. It returns None on success or a
+message saying what failed, and the caller reports it; local files are written before W&B is
+called.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+MODES = ("offline", "online", "disabled")
+PROJECT = "ntkbench"
+INIT_TIMEOUT = 60.0  # seconds W&B may take to start its service
+
+
+def log_run(
+    *,
+    mode: str,
+    version: str,
+    config: dict,
+    leaderboard: pd.DataFrame,
+    claims: pd.DataFrame,
+    summary: dict[str, float],
+    images: dict[str, Path],
+    records: Path,
+    directory: Path | None = None,
+) -> tuple[str | None, str | None]:
+    """Log one leaderboard invocation; returns (run directory or None, error message or None).
+
+    ``mode="disabled"`` does nothing and returns (None, None).
+    """
+    if mode not in MODES:
+        raise ValueError(f"wandb mode must be one of {MODES}, got mode={mode!r}")
+    if mode == "disabled":
+        return None, None
+    try:
+        import wandb
+
+        directory = Path(directory or os.environ.get("WANDB_DIR", "."))
+        directory.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(
+            project=PROJECT,
+            group=f"ntkbench-{version}",
+            job_type="leaderboard",
+            mode=mode,
+            dir=str(directory),
+            config=config,
+            settings=wandb.Settings(init_timeout=INIT_TIMEOUT, silent=True),
+        )
+        try:
+            run.log(
+                {
+                    "leaderboard": wandb.Table(dataframe=leaderboard.reset_index()),
+                    "claims": wandb.Table(dataframe=claims.astype(str)),
+                    **{f"plots/{name}": wandb.Image(str(path)) for name, path in images.items()},
+                }
+            )
+            for key, value in summary.items():
+                if value is not None and not math.isnan(value):
+                    run.summary[key] = value
+            if records.exists():
+                artifact = wandb.Artifact("records", type="results")
+                artifact.add_file(str(records))
+                run.log_artifact(artifact)
+            run_dir = str(Path(run.dir).parent)
+        finally:
+            run.finish()
+        return run_dir, None
+    except Exception as error:  # noqa: BLE001 - W&B must never fail the benchmark
+        return (
+            None,
+            f"W&B logging failed ({type(error).__name__}: {error}); local results are complete",
+        )
