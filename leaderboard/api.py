@@ -72,8 +72,9 @@ class Problem:
         loss: per-example loss ``loss(outputs (n, C), targets (n, ...)) -> (n,)``.
         term_loss: for flattened problems, the per-(input, channel) loss terms
             ``(outputs (n, C), targets) -> (n, C)``; None otherwise.
-        activations: ``activations(model, inputs) -> (rows, H)`` hidden activations in the
-            row space of the problem (None if the testbed defines none).
+        activations: ``activations(model, inputs)`` hidden activations: ``(rows, H)`` in the
+            row space of an inputs/flattened problem; ``(N, U)`` for a units problem, one
+            column per unit in the order of ``units``. None if the testbed defines none.
         units: hidden units as :func:`metrics.entk.unit_kernels` specs (for ``over="units"``).
         graphs: input-structure graphs, name → Laplacian ``(N, N)`` (domain knowledge about the
             inputs, not about the trained network), or None.

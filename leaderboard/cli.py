@@ -30,6 +30,7 @@ from leaderboard.runner import evaluate
 from leaderboard.table import aggregate, leaderboard_display, leaderboard_frame
 from leaderboard.wandb_log import MODES, log_run
 from testbeds import modadd, tms
+from testbeds.runs import git_sha
 
 TESTBEDS = {"modadd": modadd, "tms": tms}
 BASELINES = ("random", "activation_pca")  # always run, so every table has its reference rows
@@ -169,7 +170,7 @@ def cmd_leaderboard(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         "tasks": [t.name for t in tasks],
         "testbeds": sorted({t.testbed for t in tasks}),
         "seeds": seeds,
-        "git_sha": records[0].git_sha if records else "",
+        "git_sha": git_sha(),
         "run_id": run_id,
     }
     wandb_dir, wandb_error = log_run(

@@ -318,14 +318,17 @@ def test_entk_layerwise_returns_the_sharpest_layer():
 
 def test_entk_laplacian_planted_positive_and_init_control():
     """On Gromov's hand-built solution the rotation isolates each family exactly; on the
-    untrained network it does not."""
+    untrained network it stays below twice chance (measured 0.044–0.050, chance 0.067)."""
     from leaderboard.tasks.modadd import _loss, family_basis, torus_graphs
     from testbeds import modadd
 
     p, config = 29, modadd.preset("lin2025_mlp")
     untrained = config.build_model()
     untrained.reset_parameters(torch.Generator().manual_seed(0))
-    for model, low, high in ((modadd.gromov_solution(p, 512), 0.99, 1.0), (untrained, 0, 0.5)):
+    for model, low, high in (
+        (modadd.gromov_solution(p, 512), 0.99, 1.0),
+        (untrained, 0, 2 * 56 / 29**2),
+    ):
         for family in ("sum", "difference"):
             problem = Problem(
                 model=model,
@@ -437,7 +440,30 @@ def test_concurrent_appends_keep_every_line(tmp_path):
 
 
 # -- W&B and the command line ---------------------------------------------------------------------
-def test_offline_wandb_run_writes_a_readable_table(tmp_path, monkeypatch):
+@pytest.fixture
+def aggregator(monkeypatch):
+    """Act as the aggregating process even when the test runs in an xdist worker."""
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+
+
+def test_wandb_is_never_called_from_xdist_workers(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    run_dir, error = log_run(
+        mode="offline",
+        version="test",
+        config={},
+        leaderboard=pd.DataFrame(),
+        claims=pd.DataFrame(),
+        summary={},
+        images={},
+        records=tmp_path / "none.jsonl",
+        directory=tmp_path,
+    )
+    assert run_dir is None and "not from xdist workers" in error
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_offline_wandb_run_writes_a_readable_table(tmp_path, monkeypatch, aggregator):
     monkeypatch.delenv("WANDB_MODE")
     table = pd.DataFrame({"method": ["a", "b"], "score": [0.5, 0.25]}).set_index("method")
     records = tmp_path / "records.jsonl"
@@ -468,11 +494,11 @@ def readme_example() -> str:
 
 
 def test_readme_example_is_the_shipped_plugin():
-    assert readme_example() == (ROOT / "examples" / "my_method.py").read_text()
+    assert readme_example() == (ROOT / "leaderboard" / "examples" / "my_method.py").read_text()
 
 
 def test_cli_runs_the_readme_plugin_and_survives_a_wandb_failure(
-    registry, tmp_path, results, monkeypatch, capsys
+    registry, tmp_path, results, monkeypatch, capsys, aggregator
 ):
     plugin = tmp_path / "my_method.py"
     plugin.write_text(readme_example())
