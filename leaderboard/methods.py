@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans, SpectralClustering
 from torch import Tensor
-from torch.func import functional_call, grad, vmap
 
 from leaderboard.api import NotApplicable, Problem, register_method
 from metrics.clustering import spectral_partition
 from metrics.eigensolvers import top_eigenpairs
 from metrics.entk import entk, parameter_groups, unit_gram
+from metrics.noise import per_example_gradients
 from metrics.operators import EntkOperator
 from metrics.spectra import eigh_sorted
 
@@ -115,25 +115,6 @@ def entk_laplacian(problem: Problem) -> Tensor:
     return W[:, : problem.k]
 
 
-def per_example_gradients(problem: Problem) -> Tensor:
-    """Per-example loss gradients (N, P), float32, in chunks of QDG_CHUNK examples."""
-    model = problem.model
-    params = {n: p.detach() for n, p in model.named_parameters()}
-
-    def loss_one(theta, x, y):
-        out = functional_call(model, theta, (x[None],))
-        return problem.loss(out, y[None])[0]
-
-    grad_fn = vmap(grad(loss_one), in_dims=(None, 0, 0))
-    rows = []
-    for start in range(0, len(problem.inputs), QDG_CHUNK):
-        x = problem.inputs[start : start + QDG_CHUNK]
-        y = problem.targets[start : start + QDG_CHUNK]
-        g = grad_fn(params, x, y)
-        rows.append(torch.cat([g[n].reshape(len(x), -1) for n in params], 1))
-    return torch.cat(rows)
-
-
 @register_method(
     "qdg",
     source="Michaud et al. 2023, The Quantization Model of Neural Scaling (quanta discovery "
@@ -147,7 +128,10 @@ def qdg(problem: Problem) -> np.ndarray:
         raise NotApplicable("qdg clusters inputs by their loss gradients")
     if problem.rows > QDG_MAX_ROWS:
         raise NotApplicable(f"qdg's dense affinity needs rows ≤ {QDG_MAX_ROWS}")
-    G = per_example_gradients(problem).double()
+    G, _ = per_example_gradients(
+        problem.model, problem.loss, problem.inputs, problem.targets, chunk_size=QDG_CHUNK
+    )
+    G = G.double()
     G = G / G.norm(dim=1, keepdim=True).clamp_min(1e-300)
     cos = (G @ G.T).clamp(-1.0, 1.0)
     affinity = (1.0 - torch.arccos(cos) / torch.pi).numpy()

@@ -11,6 +11,7 @@ from metrics.entk import (
     unit_kernels,
     unit_similarity,
 )
+from metrics.noise import GradientNoise, per_example_gradients
 from metrics.operators import EntkOperator, channel_scale, flatten_full, flattened_entk
 from metrics.spectra import (
     effective_rank,
@@ -44,6 +45,9 @@ __all__ = [
     "top_eigenpairs",
     "Eigenpairs",
     "DenseOperator",
+    # per-example gradients and gradient noise
+    "per_example_gradients",
+    "GradientNoise",
     # spectra and subspaces
     "eigh_sorted",
     "spectral_cliffs",

@@ -277,22 +277,6 @@ def test_partition_score_perfect_and_chance():
     assert 0 <= chance < 0.05
 
 
-def test_per_example_gradients_match_autograd_loop():
-    from leaderboard.methods import per_example_gradients
-
-    problem = tiny_problem(3)
-    problem = dataclasses.replace(
-        problem, model=problem.model.double(), inputs=problem.inputs.double()
-    )
-    G = per_example_gradients(problem)
-    for i in (0, 7, 23):
-        problem.model.zero_grad()
-        loss = problem.loss(problem.model(problem.inputs[i : i + 1]), problem.targets[i : i + 1])
-        loss.sum().backward()
-        reference = torch.cat([p.grad.reshape(-1) for p in problem.model.parameters()])
-        torch.testing.assert_close(G[i], reference, rtol=1e-10, atol=1e-12)
-
-
 def test_activation_pca_spans_sklearn_components():
     problem = tiny_problem(1)
     problem = dataclasses.replace(problem, activations=lambda m, x: torch.tanh(m[0](x)))
