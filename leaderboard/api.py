@@ -38,7 +38,7 @@ import importlib.util
 import inspect
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -154,7 +154,6 @@ class Task:
     setup: Callable[[int], tuple[Problem, Any]]
     score: Callable[[Tensor, Any, Problem], tuple[float, float, dict]]
     version: int = 1  # bump when the scoring changes
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

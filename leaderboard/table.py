@@ -30,13 +30,15 @@ SUMMARY = ["mean score", "tasks", "mean rank", "Borda", "Borda rank"]
 
 
 def score_frame(records: Iterable[Record] | pd.DataFrame) -> pd.DataFrame:
-    """Score records as a DataFrame, newest record per (method, task, seed)."""
+    """Score records as a DataFrame, newest record per (method, task, seed), in the order
+    given (methods and tasks appear in the table in that order)."""
     frame = records if isinstance(records, pd.DataFrame) else pd.DataFrame(map(asdict, records))
     if frame.empty or "method" not in frame:
         return pd.DataFrame(columns=["method", "task", "seed", "value", "chance", "status"])
     frame = frame[frame["method"].fillna("") != ""]
-    frame = frame.sort_values("started_at", kind="stable")
-    return frame.groupby(["method", "task", "seed"], as_index=False).tail(1)
+    newest = frame.sort_values("started_at", kind="stable")
+    newest = newest.groupby(["method", "task", "seed"], as_index=False).tail(1)
+    return newest.sort_index()  # back to the given order, so columns follow the task registry
 
 
 def aggregate(records: Iterable[Record] | pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -372,14 +372,16 @@ def test_mean_rank_and_borda_on_a_hand_made_table():
         *(make_record("B", "t1", s, 0.5) for s in (0, 1)),
         *(make_record("C", "t1", s, v) for s, v in ((0, 0.4), (1, 0.6))),
         *(make_record("D", "t1", s, nan, "failed") for s in (0, 1)),
-        # t2: A not applicable, B 0.8, C 0.2; an older duplicate of C must be ignored
+        # t2: A not applicable, B 0.8 (an older, cached score), C 0.2; an older duplicate of C
+        # must be ignored
         *(make_record("A", "t2", s, nan, "n/a") for s in (0, 1)),
-        *(make_record("B", "t2", s, 0.8) for s in (0, 1)),
+        *(make_record("B", "t2", s, 0.8, started="2025-06-01T00:00:00") for s in (0, 1)),
         make_record("C", "t2", 0, 0.9, started="2025-01-01T00:00:00"),
         *(make_record("C", "t2", s, 0.2) for s in (0, 1)),
     ]
     parts = aggregate(records)
     summary = parts["summary"]
+    assert list(parts["mean"].columns) == ["t1", "t2"]  # given order, not record age
     assert parts["mean"].at["A", "t1"] == pytest.approx(0.9)
     assert parts["std"].at["A", "t1"] == pytest.approx(0.1)
     assert parts["mean"].at["C", "t2"] == pytest.approx(0.2)  # the newer records win

@@ -87,9 +87,13 @@ def transformer_activations(model: nn.Module, inputs: Tensor) -> Tensor:
     return model.neuron_activations(inputs)
 
 
-def _problem(preset: str, seed: int, task: str, *, k: int, kind: str, over: str, **fields):
-    config = modadd.preset(preset)
-    model = modadd.train(config, seed).final_model().eval()
+def _model(config: modadd.Config, seed: int) -> nn.Module:
+    """The trained network (from the run cache)."""
+    return modadd.train(config, seed).final_model().eval()
+
+
+def _problem(config, model, seed: int, task: str, *, k: int, kind: str, over: str, **fields):
+    """The Problem of a modular-addition task on a loaded model."""
     inputs = modadd.probe_inputs(config)
     arch_fields = (
         {"activations": mlp_activations, "units": hidden_units(model, "layer1", "layer2")}
@@ -97,7 +101,7 @@ def _problem(preset: str, seed: int, task: str, *, k: int, kind: str, over: str,
         else {"activations": transformer_activations}
     )
     rows = len(arch_fields["units"]) if over == "units" else config.p**2
-    problem = Problem(
+    return Problem(
         model=model,
         inputs=inputs,
         k=k,
@@ -112,7 +116,6 @@ def _problem(preset: str, seed: int, task: str, *, k: int, kind: str, over: str,
         **arch_fields,
         **fields,
     )
-    return problem, model
 
 
 def _family_task(family: str) -> Task:
@@ -120,8 +123,9 @@ def _family_task(family: str) -> Task:
     config = modadd.preset(MLP_PRESET)
 
     def setup(seed: int):
-        problem, _ = _problem(
-            MLP_PRESET,
+        problem = _problem(
+            config,
+            _model(config, seed),
             seed,
             name,
             k=2 * (config.p - 1),
@@ -153,10 +157,10 @@ def _neuron_task() -> Task:
     config = modadd.preset(MLP_PRESET)
 
     def setup(seed: int):
-        model = modadd.train(config, seed).final_model()
+        model = _model(config, seed)
         truth = modadd.neuron_frequencies(model)
         k = int(torch.unique(truth.dominant[truth.clear]).numel())
-        problem, _ = _problem(MLP_PRESET, seed, name, k=k, kind="partition", over="units")
+        problem = _problem(config, model, seed, name, k=k, kind="partition", over="units")
         return problem, truth
 
     def score(labels: Tensor, truth: modadd.NeuronFrequencies, problem: Problem):
@@ -183,11 +187,12 @@ def _key_sum_task() -> Task:
     config = modadd.preset(TRANSFORMER_PRESET)
 
     def setup(seed: int):
-        model = modadd.train(config, seed).final_model()
+        model = _model(config, seed)
         keys = modadd.key_frequencies(model)
         family = modadd.restrict_to_frequencies(modadd.fourier_family(config.p, "sum"), keys)
-        problem, _ = _problem(
-            TRANSFORMER_PRESET,
+        problem = _problem(
+            config,
+            model,
             seed,
             name,
             k=2 * len(keys) + 1,
