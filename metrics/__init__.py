@@ -1,5 +1,11 @@
 """Pure computations on models, batches and matrices: kernels, operators and spectra."""
 
+from metrics.curvature import (
+    CurvatureOperator,
+    gauss_newton_operator,
+    hessian_operator,
+    hutchinson_trace,
+)
 from metrics.eigensolvers import DenseOperator, Eigenpairs, top_eigenpairs
 from metrics.entk import (
     UnitGram,
@@ -26,6 +32,7 @@ from metrics.spectra import (
     stable_rank,
     subspace_overlap,
 )
+from metrics.whitened import WhitenedEigenpairs, WhitenedKernel, noise_factor
 
 __all__ = [
     # the eNTK
@@ -48,6 +55,15 @@ __all__ = [
     # per-example gradients and gradient noise
     "per_example_gradients",
     "GradientNoise",
+    # curvature: Hessian and Gauss–Newton operators, trace estimates
+    "hessian_operator",
+    "gauss_newton_operator",
+    "CurvatureOperator",
+    "hutchinson_trace",
+    # the noise-whitened eNTK
+    "noise_factor",
+    "WhitenedKernel",
+    "WhitenedEigenpairs",
     # spectra and subspaces
     "eigh_sorted",
     "spectral_cliffs",

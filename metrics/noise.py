@@ -147,14 +147,29 @@ class GradientNoise:
         """ḡ (P,)."""
         return self.G.mean(0)
 
-    def second_moment(self) -> Tensor:
-        """S = E[g gᵀ] (P, P), dense."""
-        return self.G.T @ self.G / self.n_examples
+    def _columns(self, subset: Tensor | None) -> Tensor:
+        if subset is None:
+            return self.G
+        if subset.dtype == torch.bool:
+            if subset.shape != (self.n_params,):
+                raise ValueError(
+                    f"subset mask must have shape ({self.n_params},), got {subset.shape}"
+                )
+            return self.G[:, subset]
+        if subset.dim() != 1 or not ((subset >= 0) & (subset < self.n_params)).all():
+            raise ValueError(f"subset must be a bool mask or indices in 0..{self.n_params - 1}")
+        return self.G[:, subset]
 
-    def covariance(self) -> Tensor:
-        """C = E[g gᵀ] − ḡ ḡᵀ (P, P), dense."""
-        g = self.mean()
-        return self.second_moment() - torch.outer(g, g)
+    def second_moment(self, subset: Tensor | None = None) -> Tensor:
+        """S = E[g gᵀ], dense: (P, P), or the block of a parameter ``subset`` (bool mask (P,)
+        or column indices) — the way to get dense blocks when P is large."""
+        G = self._columns(subset)
+        return G.T @ G / self.n_examples
+
+    def covariance(self, subset: Tensor | None = None) -> Tensor:
+        """C = E[g gᵀ] − ḡ ḡᵀ, dense: (P, P), or the block of a parameter ``subset``."""
+        g = self._columns(subset).mean(0)
+        return self.second_moment(subset) - torch.outer(g, g)
 
     def second_moment_operator(self) -> _Moment:
         """S as a matrix-free operator (P, P)."""

@@ -68,6 +68,19 @@ def test_covariance_identity_and_operators():
     dense = torch.linalg.eigvalsh(noise.covariance()).flip(0)[:3]
     torch.testing.assert_close(top.values, dense, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(noise.gsnr().numpy(), mean**2 / G.var(0), rtol=1e-10)
+    # dense blocks of a parameter subset, as a mask or as indices
+    cols = torch.tensor([0, 3, 5])
+    mask = torch.zeros(noise.n_params, dtype=torch.bool)
+    mask[cols] = True
+    for subset in (cols, mask):
+        np.testing.assert_allclose(
+            noise.covariance(subset).numpy(), reference[np.ix_(cols, cols)], atol=1e-14
+        )
+        np.testing.assert_allclose(
+            noise.second_moment(subset).numpy(), (G.T @ G / len(G))[np.ix_(cols, cols)]
+        )
+    with pytest.raises(ValueError, match="subset"):
+        noise.covariance(torch.tensor([noise.n_params]))
 
 
 def test_minibatch_mean_covariance_is_c_over_b():
