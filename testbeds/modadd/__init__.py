@@ -10,19 +10,33 @@ from testbeds.modadd.config import PRESETS, Config, preset
 from testbeds.modadd.ground_truth import (
     CLEAR_CONCENTRATION,
     FAMILIES,
+    GENERALISING_IPR,
     KEY_FREQUENCY_FACTOR,
     NeuronFrequencies,
+    circuit_norm,
     fourier_families,
     fourier_family,
     frequency_power,
     gromov_solution,
     ground_truth,
     key_frequencies,
+    mlp_neuron_mask,
     neuron_frequencies,
     restrict_to_frequencies,
 )
 from testbeds.modadd.models import ModAddMLP, ModAddTransformer
-from testbeds.modadd.train import TESTBED, labels, pairs, probe_inputs, split, train
+from testbeds.modadd.train import (
+    TESTBED,
+    continue_training,
+    corrupted_labels,
+    corruption_ground_truth,
+    evaluation_groups,
+    labels,
+    pairs,
+    probe_inputs,
+    split,
+    train,
+)
 
 __all__ = [
     # configuration
@@ -36,9 +50,12 @@ __all__ = [
     "labels",
     "probe_inputs",
     "split",
+    "corrupted_labels",
+    "evaluation_groups",
     # training
     "TESTBED",
     "train",
+    "continue_training",
     # ground truth
     "FAMILIES",
     "fourier_family",
@@ -50,6 +67,10 @@ __all__ = [
     "NeuronFrequencies",
     "ground_truth",
     "gromov_solution",
+    "corruption_ground_truth",
+    "mlp_neuron_mask",
+    "circuit_norm",
+    "GENERALISING_IPR",
     "KEY_FREQUENCY_FACTOR",
     "CLEAR_CONCENTRATION",
 ]

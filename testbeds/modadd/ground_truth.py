@@ -32,6 +32,11 @@ KEY_FREQUENCY_FACTOR = 2.0
 # A neuron has a "clear" dominant frequency when that frequency carries at least this fraction
 # of its non-constant Fourier power (a strict majority). Fixed before any run was trained.
 CLEAR_CONCENTRATION = 0.5
+# A neuron is "generalising" (periodic) when the inverse participation ratio of its Fourier power
+# is at least GENERALISING_IPR, i.e. its power is spread over at most 1/0.5 = 2 effective
+# frequencies; below that it is "memorising" (Doshi et al. 2023). Fixed before any corrupted-label
+# run was trained.
+GENERALISING_IPR = 0.5
 
 
 def n_frequencies(p: int) -> int:
@@ -101,19 +106,24 @@ def key_frequencies(model: nn.Module, factor: float = KEY_FREQUENCY_FACTOR) -> T
 @dataclass(frozen=True)
 class NeuronFrequencies:
     """Per-neuron Fourier summary: ``dominant`` (m,) long 1-based frequency, ``concentration``
-    (m,) float64 share of non-constant power at it, ``clear`` (m,) bool."""
+    (m,) float64 share of non-constant power at it, ``clear`` (m,) bool, and ``ipr`` (m,) the
+    inverse participation ratio Σ_k P_k² / (Σ_k P_k)² of the power P_k over frequencies
+    k = 1 … K (1 for a single frequency, 1/K for power spread evenly; Doshi et al. 2023)."""
 
     dominant: Tensor
     concentration: Tensor
     clear: Tensor
+    ipr: Tensor
 
     @classmethod
     def from_power(
         cls, power: Tensor, total: Tensor, threshold: float = CLEAR_CONCENTRATION
     ) -> NeuronFrequencies:
         top, arg = power.max(dim=-1)
-        concentration = top / total.clamp_min(torch.finfo(total.dtype).tiny)
-        return cls(arg + 1, concentration, concentration >= threshold)
+        tiny = torch.finfo(total.dtype).tiny
+        concentration = top / total.clamp_min(tiny)
+        ipr = power.square().sum(-1) / power.sum(-1).square().clamp_min(tiny)
+        return cls(arg + 1, concentration, concentration >= threshold, ipr)
 
 
 def mlp_neuron_frequencies(model: ModAddMLP, threshold: float = CLEAR_CONCENTRATION):
@@ -163,7 +173,8 @@ def ground_truth(model: nn.Module) -> dict[str, Tensor]:
 
     Returns ``fourier_a``, ``fourier_b``, ``fourier_sum``, ``fourier_difference`` (each
     (p², p − 1) float64), ``key_frequencies`` (|K|,), ``neuron_frequency`` (m,),
-    ``neuron_concentration`` (m,) and ``neuron_clear`` (m,) bool.
+    ``neuron_concentration`` (m,), ``neuron_clear`` (m,) bool, ``neuron_ipr`` (m,) and
+    ``neuron_generalising`` (m,) bool (IPR ≥ ``GENERALISING_IPR``).
     """
     families = {f"fourier_{name}": mat for name, mat in fourier_families(model.p).items()}
     neurons = neuron_frequencies(model)
@@ -173,7 +184,28 @@ def ground_truth(model: nn.Module) -> dict[str, Tensor]:
         "neuron_frequency": neurons.dominant,
         "neuron_concentration": neurons.concentration,
         "neuron_clear": neurons.clear,
+        "neuron_ipr": neurons.ipr,
+        "neuron_generalising": neurons.ipr >= GENERALISING_IPR,
     }
+
+
+def mlp_neuron_mask(model: ModAddMLP, neurons: Tensor) -> Tensor:
+    """Parameter mask (P,) of hidden neurons' incoming and outgoing weights — a circuit's
+    parameter subspace — in ``named_parameters()`` order (layer1.weight (n, 2p) flattened, then
+    layer2.weight (p, n) flattened). ``neurons``: bool (n,) or neuron indices."""
+    if not isinstance(model, ModAddMLP):
+        raise ValueError(f"model must be ModAddMLP, got {type(model).__name__}")
+    pick = torch.zeros(model.width, dtype=torch.bool)
+    pick[neurons] = True
+    incoming = pick[:, None].expand(model.width, 2 * model.p)
+    outgoing = pick[None, :].expand(model.p, model.width)
+    return torch.cat([incoming.flatten(), outgoing.flatten()])
+
+
+def circuit_norm(model: ModAddMLP, neurons: Tensor) -> float:
+    """Euclidean norm of the neurons' incoming and outgoing weights (one circuit)."""
+    w = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return w[mlp_neuron_mask(model, neurons)].double().norm().item()
 
 
 def gromov_solution(p: int, width: int, seed: int = 0) -> ModAddMLP:

@@ -7,10 +7,13 @@ Train (or load from the cache) one preset from the shell::
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -52,6 +55,126 @@ def split(config: Config, seed: int) -> tuple[Tensor, Tensor]:
     return perm[: config.n_train].sort().values, perm[config.n_train :].sort().values
 
 
+def corrupted_labels(config: Config, seed: int) -> tuple[Tensor, Tensor]:
+    """Labels the network is trained on and which of them are corrupted (Doshi et al. 2023).
+
+    ``config.n_corrupted`` training pairs, drawn from the seed, get (a + b + r) mod p with r
+    uniform in 1 … p − 1 (a uniformly random *wrong* label). Returns the labels of all p² pairs
+    in canonical order (test pairs keep the true label) and the boolean corrupted mask (p²,).
+    """
+    y = labels(config.p)
+    mask = torch.zeros(config.n_pairs, dtype=torch.bool)
+    if config.n_corrupted:
+        train_idx, _ = split(config, seed)
+        generator = torch.Generator().manual_seed(seed + 2)
+        pick = train_idx[torch.randperm(len(train_idx), generator=generator)[: config.n_corrupted]]
+        shift = torch.randint(1, config.p, (len(pick),), generator=generator)
+        y = y.clone()
+        y[pick] = (y[pick] + shift) % config.p
+        mask[pick] = True
+    return y, mask
+
+
+def evaluation_groups(config: Config, seed: int) -> dict[str, tuple[Tensor, Tensor]]:
+    """Named example groups of the log: name → (indices, labels scored against).
+
+    ``train`` (the labels trained on, corrupted ones included) and ``test`` always; with label
+    noise also ``clean`` (uncorrupted training pairs), ``corrupted`` (corrupted pairs against
+    their corrupted label: memorised) and ``corrupted_true`` (the same pairs against the true
+    sum: the rule overrides the memorised label).
+    """
+    train_idx, test_idx = split(config, seed)
+    y_true = labels(config.p)
+    y, mask = corrupted_labels(config, seed)
+    groups = {"train": (train_idx, y), "test": (test_idx, y_true)}
+    if config.n_corrupted:
+        bad = mask.nonzero().flatten()
+        groups["clean"] = (train_idx[~mask[train_idx]], y)
+        groups["corrupted"] = (bad, y)
+        groups["corrupted_true"] = (bad, y_true)
+    return groups
+
+
+def corruption_ground_truth(model: nn.Module, config: Config, seed: int) -> dict[str, Any]:
+    """Ground truth of a corrupted-label run (Doshi et al. 2023) at one checkpoint.
+
+    Returns ``corrupted`` (p²,) bool and ``train_labels`` (p²,) (the labels trained on), per
+    hidden neuron ``neuron_ipr`` (m,) and ``neuron_generalising`` (m,) bool (IPR of the neuron's
+    weight Fourier power ≥ ``GENERALISING_IPR``; the rest are memorising), and ``accuracy``:
+    name → accuracy on each group of :func:`evaluation_groups` (``corrupted`` = memorised).
+    """
+    from testbeds.modadd.ground_truth import GENERALISING_IPR, neuron_frequencies
+
+    y, mask = corrupted_labels(config, seed)
+    neurons = neuron_frequencies(model)
+    with torch.no_grad():
+        predicted = model(probe_inputs(config).to(next(model.parameters()).dtype)).argmax(-1)
+    accuracy = {
+        name: (predicted[ids] == target[ids]).double().mean().item()
+        for name, (ids, target) in evaluation_groups(config, seed).items()
+    }
+    return {
+        "corrupted": mask,
+        "train_labels": y,
+        "neuron_ipr": neurons.ipr,
+        "neuron_generalising": neurons.ipr >= GENERALISING_IPR,
+        "accuracy": accuracy,
+    }
+
+
+def continue_training(
+    model: nn.Module,
+    config: Config,
+    seed: int,
+    *,
+    steps: int,
+    batch_size: int | None,
+    track: Callable[[nn.Module], dict[str, float]],
+    track_every: int = 1,
+) -> pd.DataFrame:
+    """Train a copy of ``model`` for ``steps`` more optimizer steps on the run's training labels.
+
+    A fresh AdamW with the config's learning rate, betas and weight decay; minibatches of
+    ``batch_size`` (None = full batch) are drawn without replacement in seeded passes over the
+    training set, so two calls with the same arguments give the same trajectory. ``track(model)``
+    is evaluated at step 0 and every ``track_every`` steps; returns a frame with a ``step``
+    column and one column per tracked name.
+    """
+    if not isinstance(steps, int) or steps <= 0:
+        raise ValueError(f"steps must be a positive int, got steps={steps!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
+        raise ValueError(
+            f"batch_size must be None (full batch) or a positive int, got {batch_size!r}"
+        )
+    torch.set_flush_denormal(True)
+    model = copy.deepcopy(model).train()
+    x, y = probe_inputs(config), corrupted_labels(config, seed)[0]
+    train_idx, _ = split(config, seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+    generator = torch.Generator().manual_seed(seed + 3)
+    queue = train_idx[:0]
+    rows = [{"step": 0, **track(model)}]
+    label = "full batch" if batch_size is None else f"batch {batch_size}"
+    for step in tqdm(range(1, steps + 1), desc=f"{TESTBED} continue ({label})", disable=None):
+        if batch_size is None:
+            ids = train_idx
+        else:
+            if len(queue) < batch_size:
+                fresh = train_idx[torch.randperm(len(train_idx), generator=generator)]
+                queue = torch.cat([queue, fresh])
+            ids, queue = queue[:batch_size], queue[batch_size:]
+        loss = _loss(config, model(x[ids]), y[ids])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % track_every == 0 or step == steps:
+            with torch.no_grad():
+                rows.append({"step": step, **track(model)})
+    return pd.DataFrame(rows)
+
+
 def _loss(config: Config, logits: Tensor, targets: Tensor) -> Tensor:
     if config.loss == "mse":
         return F.mse_loss(logits, F.one_hot(targets, config.p).to(logits.dtype))
@@ -59,10 +182,12 @@ def _loss(config: Config, logits: Tensor, targets: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _evaluate(config: Config, model: nn.Module, x: Tensor, y: Tensor, idx: dict[str, Tensor]):
+def _evaluate(
+    config: Config, model: nn.Module, x: Tensor, groups: dict[str, tuple[Tensor, Tensor]]
+):
     logits = model(x)
     row: dict[str, float] = {}
-    for name, ids in idx.items():
+    for name, (ids, y) in groups.items():
         row[f"{name}_loss"] = _loss(config, logits[ids], y[ids]).item()
         row[f"{name}_acc"] = (logits[ids].argmax(-1) == y[ids]).float().mean().item()
     return row
@@ -70,8 +195,9 @@ def _evaluate(config: Config, model: nn.Module, x: Tensor, y: Tensor, idx: dict[
 
 def _train(config: Config, seed: int, store: RunStore | None) -> dict[str, Any]:
     torch.set_flush_denormal(True)  # weight decay drives weights into denormals: 3-4x slower
-    x, y = probe_inputs(config), labels(config.p)
-    train_idx, test_idx = split(config, seed)
+    x, y = probe_inputs(config), corrupted_labels(config, seed)[0]
+    train_idx, _ = split(config, seed)
+    groups = evaluation_groups(config, seed)
     generator = torch.Generator().manual_seed(seed + 1)
     model = config.build_model()
     model.reset_parameters(generator)
@@ -110,7 +236,7 @@ def _train(config: Config, seed: int, store: RunStore | None) -> dict[str, Any]:
         if epoch in keep:
             checkpoints[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if epoch % config.log_every == 0 or epoch == config.epochs:
-            row = _evaluate(config, model, x, y, {"train": train_idx, "test": test_idx})
+            row = _evaluate(config, model, x, groups)
             for key, value in {"epoch": epoch, **row}.items():
                 log.setdefault(key, []).append(value)
             bar.set_postfix(train_acc=row["train_acc"], test_acc=row["test_acc"], refresh=False)
