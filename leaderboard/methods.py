@@ -16,11 +16,13 @@ from torch import Tensor
 
 from leaderboard.api import NotApplicable, Problem, register_method
 from metrics.clustering import spectral_partition
+from metrics.curvature import GaussNewtonOperator
 from metrics.eigensolvers import top_eigenpairs
 from metrics.entk import entk, parameter_groups, unit_gram
-from metrics.noise import per_example_gradients
+from metrics.noise import GradientNoise, per_example_gradients
 from metrics.operators import EntkOperator
 from metrics.spectra import eigh_sorted
+from metrics.whitened import WhitenedKernel, noise_factor
 
 LIN2025 = "Lin 2025, Feature Identification via the Empirical NTK (arXiv 2510.00468)"
 QDG_MAX_ROWS = 5000  # the angular-similarity matrix is rows × rows, dense
@@ -139,6 +141,89 @@ def qdg(problem: Problem) -> np.ndarray:
         n_clusters=problem.k, affinity="precomputed", random_state=problem.seed
     )
     return clustering.fit_predict(affinity)
+
+
+def data_images(problem: Problem, images: Tensor) -> Tensor:
+    """Directions in the problem's row space from data-space images J v (R·N, k) of parameter
+    directions (channel-major rows). Flattened problems take them as they are. Over inputs,
+    each image is an (N, R) block; the k directions are the top-k left singular vectors of the
+    N × (k·R) matrix of all blocks' columns — the k input directions that carry most of the
+    images' energy."""
+    if problem.over == "flattened":
+        return images.double()
+    N, k = problem.rows, images.shape[1]
+    blocks = images.double().reshape(-1, N, k).permute(1, 2, 0).reshape(N, -1)  # (N, k·R)
+    U, S, _ = torch.linalg.svd(blocks, full_matrices=False)
+    out = torch.zeros(N, problem.k, dtype=torch.float64)
+    keep = min(problem.k, int((S > S[0] * 1e-10).sum()) if S.numel() and S[0] > 0 else 0)
+    out[:, :keep] = U[:, :keep]
+    return out
+
+
+def _parameter_method(problem: Problem, name: str) -> None:
+    _directions_only(problem, name)
+    if problem.over not in ("inputs", "flattened"):
+        raise NotApplicable(f"{name} maps parameter directions to inputs, not to {problem.over}")
+
+
+@register_method(
+    "gauss_newton_top",
+    source="top Gauss–Newton eigenvectors mapped to data space as J v (curvature directions)",
+)
+def gauss_newton_top(problem: Problem) -> Tensor:
+    """Top-k eigenvectors v of the Gauss–Newton matrix G = (1/N) Σ J_nᵀ H_n J_n of the
+    problem's loss on its inputs (Lanczos, matrix-free), mapped to data space as J v."""
+    _parameter_method(problem, "gauss_newton_top")
+    G = GaussNewtonOperator(problem.model, problem.loss, problem.inputs, problem.targets)
+    if problem.k >= G.shape[0] - 1:
+        raise NotApplicable("the budget is not below the parameter count")
+    V = top_eigenpairs(G, problem.k, seed=problem.seed, tol=1e-6).vectors
+    return data_images(problem, G.jacobian.matvec_jacobian(G._unflatten(V)))
+
+
+def _gradient_noise(problem: Problem) -> GradientNoise:
+    return GradientNoise.from_model(
+        problem.model, problem.loss, problem.inputs, problem.targets, chunk_size=QDG_CHUNK
+    )
+
+
+@register_method(
+    "grad_cov_top",
+    source="top eigenvectors of the gradient-noise covariance C mapped to data space as J v",
+)
+def grad_cov_top(problem: Problem) -> Tensor:
+    """Top-k eigenvectors v of the per-example gradient covariance C = E[g gᵀ] − ḡ ḡᵀ on the
+    problem's inputs (from the N × N Gram of centred gradients), mapped to data space as J v."""
+    _parameter_method(problem, "grad_cov_top")
+    noise = _gradient_noise(problem)
+    Gc = noise.G - noise.mean()
+    values, U = eigh_sorted(Gc @ Gc.T / noise.n_examples)
+    k = min(problem.k, int((values > values[0] * 1e-12).sum()))
+    V = Gc.T @ U[:, :k] / (values[:k] * noise.n_examples).sqrt()  # orthonormal (P, k)
+    op = EntkOperator(problem.model, problem.inputs, output="full")
+    U_params, start = {}, 0
+    for name, shape in noise.layout:  # V's rows follow the gradients' layout
+        size = int(torch.Size(shape).numel())
+        U_params[name] = V[start : start + size].T.reshape(k, *shape)
+        start += size
+    return data_images(problem, op.matvec_jacobian(U_params))
+
+
+@register_method(
+    "whitened_entk",
+    source="eNTK whitened by the gradient noise (design notes' canonical kernel), Jv images",
+)
+def whitened_entk(problem: Problem) -> Tensor:
+    """Top-k parameter-space eigenvectors v = S u of the noise-whitened kernel Sᵀ JᵀJ S with
+    S Sᵀ = C (per-example loss-gradient covariance on the problem's inputs), mapped to data
+    space as J v."""
+    _parameter_method(problem, "whitened_entk")
+    noise = _gradient_noise(problem)
+    kernel = WhitenedKernel(
+        problem.model, problem.inputs, noise_factor(noise), layout=noise.layout, output="full"
+    )
+    k = min(problem.k, kernel.A.shape[1])
+    return data_images(problem, kernel.eigenpairs(k).images)
 
 
 @register_method(

@@ -2,6 +2,7 @@
 
 from metrics.curvature import (
     CurvatureOperator,
+    GaussNewtonOperator,
     gauss_newton_operator,
     hessian_operator,
     hutchinson_trace,
@@ -59,6 +60,7 @@ __all__ = [
     "hessian_operator",
     "gauss_newton_operator",
     "CurvatureOperator",
+    "GaussNewtonOperator",
     "hutchinson_trace",
     # the noise-whitened eNTK
     "noise_factor",

@@ -22,6 +22,12 @@ and ``GGNLinearOperator`` (Jᵀ H J v), each summing mini-batches of ``batch_siz
 B/N so that the result is ∇²L of the full-data mean. Written here: the float64 copy of the
 model, the loss conventions, input checks, the flat column layout and :func:`hutchinson_trace`.
 
+curvlinops' GGN needs the loss as a torch criterion (``nn.MSELoss``, ``nn.CrossEntropyLoss``…).
+For any other per-example loss ℓ(z, y) — an importance-weighted MSE, a probe's score —
+:class:`GaussNewtonOperator` builds G from the eNTK engine's J and Jᵀ products
+(``metrics.operators.EntkOperator``) and per-example output Hessians H_n = ∇²_z ℓ computed by
+``torch.func.hessian``; tests check that the two agree where both apply.
+
 Example — a linear model under MSE, where ∇²L = 2/(N·C) · I_C ⊗ XᵀX::
 
     >>> import torch
@@ -43,8 +49,10 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+from torch.func import hessian, vmap
 
 from metrics.eigensolvers import DenseOperator
+from metrics.operators import EntkOperator
 
 
 @contextmanager
@@ -149,6 +157,83 @@ def gauss_newton_operator(
     """The Gauss–Newton matrix G = (1/N) Σ J_nᵀ H_n J_n (P, P); arguments as
     :func:`hessian_operator`."""
     return _build(GGNLinearOperator, model, loss, inputs, targets, params, batch_size, dtype)
+
+
+class GaussNewtonOperator:
+    """G = (1/N) Σ_n J_nᵀ H_n J_n for any per-example loss, H_n = ∇²_z ℓ(f(x_n), y_n).
+
+    Args:
+        model: the network (copied to ``dtype`` by the eNTK operator; the original is untouched).
+        loss: per-example loss ``loss(outputs (n, C), targets (n, ...)) -> (n,)``, twice
+            differentiable in the outputs and ``vmap``-safe (no ``.item()`` or
+            ``F.one_hot``; compare with ``torch.arange(C)`` instead).
+        inputs, targets: the N examples.
+        groups: restrict to parameter groups as in ``metrics.entk`` (default: all parameters).
+        dtype: arithmetic precision.
+
+    ``shape`` (P, P), ``matmat(V)``, ``matvecs``, ``layout`` (columns: the parameters in the
+    eNTK operator's order, each flattened), ``jacobian`` (the underlying
+    :class:`~metrics.operators.EntkOperator`, rows channel-major) and ``output_hessians`` (N, C, C).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss,
+        inputs: Tensor,
+        targets: Tensor,
+        *,
+        groups=None,
+        dtype: torch.dtype = torch.float64,
+    ):
+        if len(inputs) == 0 or len(inputs) != len(targets):
+            raise ValueError(
+                f"inputs and targets must hold the same number (≥ 1) of examples, "
+                f"got {len(inputs)} inputs and {len(targets)} targets"
+            )
+        self.jacobian = EntkOperator(model, inputs, output="full", groups=groups, dtype=dtype)
+        op = self.jacobian
+        with torch.no_grad():
+            z = op.model(op.inputs).reshape(op.N, -1)  # (N, C)
+
+        def one(zn: Tensor, yn: Tensor) -> Tensor:
+            value = loss(zn[None], yn[None])
+            if value.shape != (1,):
+                raise ValueError(
+                    f"loss must return one value per example, got {tuple(value.shape)}"
+                )
+            return value[0]
+
+        with _quiet_jit():  # forward-mode (jacfwd) loads torch's decompositions on first use
+            self.output_hessians = vmap(hessian(one))(z, targets).detach()  # (N, C, C)
+        self.layout = [(n, op.param_shapes[n]) for n in op.names]
+        P = op.n_params
+        self.shape = (P, P)
+        self.dtype = dtype
+        self.matvecs = 0
+
+    def _unflatten(self, V: Tensor) -> dict[str, Tensor]:
+        out, start = {}, 0
+        for name, shape in self.layout:
+            size = int(torch.Size(shape).numel())
+            out[name] = V[start : start + size].T.reshape(V.shape[1], *shape)
+            start += size
+        return out
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """G V for V (P,) or (P, b), float64 of V's shape."""
+        P = self.shape[0]
+        if V.dim() not in (1, 2) or V.shape[0] != P:
+            raise ValueError(f"V must have shape ({P},) or ({P}, b), got {tuple(V.shape)}")
+        vector = V.dim() == 1
+        V = V.detach().to(self.dtype).reshape(P, -1)
+        op = self.jacobian
+        Z = op._to_batch(op.matvec_jacobian(self._unflatten(V)))  # (b, N, C)
+        HZ = torch.einsum("nrs,bns->bnr", self.output_hessians.to(self.dtype), Z) / op.N
+        grads = op.rmatvec_jacobian(op._from_batch(HZ))
+        out = torch.cat([grads[n].reshape(V.shape[1], -1) for n, _ in self.layout], 1).T
+        self.matvecs += V.shape[1]
+        return (out[:, 0] if vector else out).double()
 
 
 def _build(cls, model, loss, inputs, targets, params, batch_size, dtype) -> CurvatureOperator:

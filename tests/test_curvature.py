@@ -13,7 +13,12 @@ from torch import nn
 from torch.func import functional_call, jacrev
 
 import metrics.curvature
-from metrics.curvature import gauss_newton_operator, hessian_operator, hutchinson_trace
+from metrics.curvature import (
+    GaussNewtonOperator,
+    gauss_newton_operator,
+    hessian_operator,
+    hutchinson_trace,
+)
 from metrics.eigensolvers import top_eigenpairs
 
 N, D, C = 12, 3, 3
@@ -241,3 +246,41 @@ def test_bad_operator_calls_raise(monkeypatch):
     monkeypatch.setattr(metrics.curvature, "DENSE_MAX_PARAMS", 10)
     with pytest.raises(ValueError, match="dense\\(\\) builds at most 10"):
         op.dense()
+
+
+def per_example(name: str):
+    if name == "mse":
+        classes = torch.arange(C)  # one_hot is not vmap-safe; a comparison is
+        return lambda z, y: ((z - (y[:, None] == classes).to(z.dtype)) ** 2).mean(-1)
+    return lambda z, y: nn.functional.cross_entropy(z, y, reduction="none")
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_generic_gauss_newton_agrees_with_curvlinops_and_reference(loss):
+    model, (x, y) = mlp(), data()
+    generic = GaussNewtonOperator(model, per_example(loss), x, y)
+    eye = torch.eye(generic.shape[0], dtype=torch.float64)
+    dense = generic.matmat(eye)
+    torch.testing.assert_close(dense, reference_gauss_newton(model, loss, x, y), **TOL)
+    torch.testing.assert_close(dense, gauss_newton_operator(model, loss, x, y).dense(), **TOL)
+    v = torch.randn(generic.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(generic.matmat(v), dense @ v, **TOL)
+    assert [n for n, _ in generic.layout] == [n for n, _ in model.named_parameters()]
+
+
+def test_generic_gauss_newton_on_a_loss_curvlinops_lacks():
+    """An importance-weighted squared error (the TMS loss shape): G = Jᵀ diag(2w/(N·C)) J."""
+    model, (x, _) = mlp(1), data(1)
+    target = torch.randn(N, C, dtype=torch.float64)
+    w = torch.tensor([1.0, 0.5, 0.1], dtype=torch.float64)
+    generic = GaussNewtonOperator(model, lambda z, t: (w * (z - t) ** 2).mean(-1), x, target)
+    theta, outputs = flat_model(model, x)
+    J = jacrev(outputs)(theta)
+    reference = torch.einsum("nap,a,naq->pq", J, 2 * w / (N * C), J)
+    torch.testing.assert_close(
+        generic.matmat(torch.eye(len(theta), dtype=torch.float64)), reference, **TOL
+    )
+    top = top_eigenpairs(generic, 3)
+    torch.testing.assert_close(
+        top.values, torch.linalg.eigvalsh(reference).flip(0)[:3], rtol=1e-8, atol=1e-12
+    )

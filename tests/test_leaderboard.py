@@ -107,6 +107,9 @@ def test_builtin_methods_and_tasks_are_registered():
         "qdg",
         "activation_pca",
         "random",
+        "gauss_newton_top",
+        "grad_cov_top",
+        "whitened_entk",
     }
     assert all(m.source for m in METHODS.values())
     assert {t.testbed for t in api.TASKS.values()} == {"modadd", "tms"}
@@ -329,6 +332,67 @@ def test_entk_laplacian_planted_positive_and_init_control():
             directions = METHODS["entk_laplacian"].fn(problem)
             score, _ = subspace_score(directions, family_basis(p, family), problem.k)
             assert low <= score <= high, (family, score)
+
+
+def test_parameter_space_methods_match_dense_references():
+    """gauss_newton_top, grad_cov_top and whitened_entk against float64 brute force: the full
+    Jacobian from jacrev, per-example gradients from it, dense eigendecompositions; the data
+    images J v span the same subspace (flattened rows) or their SVD does (rows = inputs)."""
+    from torch.func import functional_call, jacrev
+
+    base = tiny_problem(0)
+    C = 3
+    targets = torch.randint(0, C, (N,), generator=torch.Generator().manual_seed(1))
+    net = base.model.double()
+    names = [n for n, _ in net.named_parameters()]
+    shapes = [p.shape for p in net.parameters()]
+    theta = torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    def outputs(flat):
+        pieces = [
+            t.reshape(s)
+            for t, s in zip(flat.split([s.numel() for s in shapes]), shapes, strict=True)
+        ]
+        return functional_call(net, dict(zip(names, pieces, strict=True)), (base.inputs.double(),))
+
+    J = jacrev(outputs)(theta)  # (N, C, P)
+    z = outputs(theta).detach()
+    prob = z.softmax(-1)
+    residual = prob - nn.functional.one_hot(targets, C).double()
+    G = torch.einsum("nc,ncp->np", residual, J)  # per-example CE gradients
+    Hz = torch.diag_embed(prob) - prob[:, :, None] * prob[:, None, :]
+    GN = torch.einsum("nap,nab,nbq->pq", J, Hz, J) / N
+    Gc = G - G.mean(0)
+    S = Gc.T / N**0.5
+    J_flat = J.permute(1, 0, 2).reshape(C * N, -1)  # channel-major rows c·N + x
+    A = J_flat @ S
+    k = 3
+    references = {
+        "gauss_newton_top": J_flat @ eigh_sorted(GN)[1][:, :k],
+        "grad_cov_top": J_flat @ eigh_sorted(S @ S.T)[1][:, :k],
+        "whitened_entk": A @ eigh_sorted(A.T @ A)[1][:, :k],
+    }
+    for over in ("flattened", "inputs"):
+        problem = dataclasses.replace(
+            base,
+            model=base.model.float(),
+            targets=targets,
+            k=k,
+            over=over,
+            rows=C * N if over == "flattened" else N,
+        )
+        for name, images in references.items():
+            out = METHODS[name].fn(problem)
+            assert out.shape == (problem.rows, k)
+            if over == "flattened":
+                expected = orthonormal_basis(images)
+            else:
+                blocks = images.reshape(C, N, k).permute(1, 2, 0).reshape(N, -1)
+                expected = torch.linalg.svd(blocks, full_matrices=False)[0][:, :k]
+            overlap = subspace_overlap(orthonormal_basis(out), expected)
+            assert overlap == pytest.approx(k, abs=1e-6), (name, over, overlap)
+    with pytest.raises(NotApplicable):
+        METHODS["grad_cov_top"].fn(dataclasses.replace(base, kind="partition"))
 
 
 def test_torus_graph_null_spaces_are_the_families():
