@@ -19,7 +19,7 @@ from metrics.clustering import spectral_partition
 from metrics.curvature import GaussNewtonOperator
 from metrics.eigensolvers import top_eigenpairs
 from metrics.entk import entk, parameter_groups, unit_gram
-from metrics.noise import GradientNoise, per_example_gradients
+from metrics.noise import GradientNoise, per_example_gradients, unflatten
 from metrics.operators import EntkOperator
 from metrics.spectra import eigh_sorted
 from metrics.whitened import WhitenedKernel, noise_factor
@@ -178,7 +178,7 @@ def gauss_newton_top(problem: Problem) -> Tensor:
     if problem.k >= G.shape[0] - 1:
         raise NotApplicable("the budget is not below the parameter count")
     V = top_eigenpairs(G, problem.k, seed=problem.seed, tol=1e-6).vectors
-    return data_images(problem, G.jacobian.matvec_jacobian(G._unflatten(V)))
+    return data_images(problem, G.jacobian.matvec_jacobian(unflatten(V, G.layout)))
 
 
 def _gradient_noise(problem: Problem) -> GradientNoise:
@@ -201,12 +201,7 @@ def grad_cov_top(problem: Problem) -> Tensor:
     k = min(problem.k, int((values > values[0] * 1e-12).sum()))
     V = Gc.T @ U[:, :k] / (values[:k] * noise.n_examples).sqrt()  # orthonormal (P, k)
     op = EntkOperator(problem.model, problem.inputs, output="full")
-    U_params, start = {}, 0
-    for name, shape in noise.layout:  # V's rows follow the gradients' layout
-        size = int(torch.Size(shape).numel())
-        U_params[name] = V[start : start + size].T.reshape(k, *shape)
-        start += size
-    return data_images(problem, op.matvec_jacobian(U_params))
+    return data_images(problem, op.matvec_jacobian(unflatten(V, noise.layout)))
 
 
 @register_method(

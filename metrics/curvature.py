@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from torch.func import hessian, vmap
 
 from metrics.eigensolvers import DenseOperator
+from metrics.noise import unflatten
 from metrics.operators import EntkOperator
 
 
@@ -212,14 +213,6 @@ class GaussNewtonOperator:
         self.dtype = dtype
         self.matvecs = 0
 
-    def _unflatten(self, V: Tensor) -> dict[str, Tensor]:
-        out, start = {}, 0
-        for name, shape in self.layout:
-            size = int(torch.Size(shape).numel())
-            out[name] = V[start : start + size].T.reshape(V.shape[1], *shape)
-            start += size
-        return out
-
     def matmat(self, V: Tensor) -> Tensor:
         """G V for V (P,) or (P, b), float64 of V's shape."""
         P = self.shape[0]
@@ -228,7 +221,7 @@ class GaussNewtonOperator:
         vector = V.dim() == 1
         V = V.detach().to(self.dtype).reshape(P, -1)
         op = self.jacobian
-        Z = op._to_batch(op.matvec_jacobian(self._unflatten(V)))  # (b, N, C)
+        Z = op._to_batch(op.matvec_jacobian(unflatten(V, self.layout)))  # (b, N, C)
         HZ = torch.einsum("nrs,bns->bnr", self.output_hessians.to(self.dtype), Z) / op.N
         grads = op.rmatvec_jacobian(op._from_batch(HZ))
         out = torch.cat([grads[n].reshape(V.shape[1], -1) for n, _ in self.layout], 1).T

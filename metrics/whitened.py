@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from metrics.entk import Output
-from metrics.noise import GradientNoise
+from metrics.noise import GradientNoise, unflatten
 from metrics.operators import EntkOperator
 
 Layout = Sequence[tuple[str, Sequence[int]]]
@@ -150,15 +150,11 @@ class WhitenedKernel:
         if not torch.isfinite(factor).all():
             raise ValueError("factor contains NaN or Inf")
         self.S = factor.detach().to(dtype)
-        sizes = [int(torch.Size(s).numel()) for s in op.param_shapes.values()]
-        columns = []
-        for start in range(0, self.S.shape[1], block):
-            rows = self.S[:, start : start + block].T.split(sizes, dim=1)  # (b, P_n) each
-            U = {
-                n: u.reshape(len(u), *op.param_shapes[n])
-                for n, u in zip(self.names, rows, strict=True)
-            }
-            columns.append(op.matvec_jacobian(U))  # (R·N, b)
+        order = [(n, op.param_shapes[n]) for n in self.names]
+        columns = [
+            op.matvec_jacobian(unflatten(self.S[:, start : start + block], order))  # (R·N, b)
+            for start in range(0, self.S.shape[1], block)
+        ]
         self.A = torch.cat(columns, dim=1)
 
     def data_kernel(self) -> Tensor:

@@ -136,3 +136,15 @@ def test_bad_inputs_name_the_field():
         noise.snr(torch.ones(2, 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="NaN"):
         GradientNoise(torch.full((2, 2), float("nan")))
+
+
+def test_unflatten_follows_the_layout():
+    from metrics.noise import unflatten
+
+    layout = [("w", torch.Size([2, 3])), ("b", torch.Size([2]))]
+    V = torch.arange(16.0).reshape(8, 2)
+    blocks = unflatten(V, layout)
+    assert torch.equal(blocks["w"][1], V[:6, 1].reshape(2, 3))
+    assert torch.equal(blocks["b"][0], V[6:, 0])
+    with pytest.raises(ValueError, match="rows"):
+        unflatten(V[:7], layout)
