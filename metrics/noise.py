@@ -93,13 +93,14 @@ def per_example_gradients(
 def unflatten(V: Tensor, layout: Sequence[tuple[str, torch.Size]]) -> dict[str, Tensor]:
     """Columns of V (P, b) laid out as ``layout`` → parameter name → (b, *shape): the block
     form ``metrics.operators.EntkOperator.matvec_jacobian`` takes."""
+    total = sum(int(torch.Size(shape).numel()) for _, shape in layout)
+    if V.dim() != 2 or V.shape[0] != total:
+        raise ValueError(f"V must have shape ({total}, b) for this layout, got {tuple(V.shape)}")
     out, start = {}, 0
     for name, shape in layout:
         size = int(torch.Size(shape).numel())
         out[name] = V[start : start + size].T.reshape(V.shape[1], *shape)
         start += size
-    if start != V.shape[0]:
-        raise ValueError(f"V must have {start} rows for this layout, got {V.shape[0]}")
     return out
 
 

@@ -146,5 +146,5 @@ def test_unflatten_follows_the_layout():
     blocks = unflatten(V, layout)
     assert torch.equal(blocks["w"][1], V[:6, 1].reshape(2, 3))
     assert torch.equal(blocks["b"][0], V[6:, 0])
-    with pytest.raises(ValueError, match="rows"):
+    with pytest.raises(ValueError, match="shape"):
         unflatten(V[:7], layout)
