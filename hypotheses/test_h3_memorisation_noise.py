@@ -40,7 +40,6 @@ import matplotlib
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 
 from leaderboard.records import results_dir
 from metrics.noise import GradientNoise
@@ -70,20 +69,14 @@ def fit_checkpoint(run) -> int:
     pytest.fail(f"{PRESET} never fits every training label at a checkpoint")
 
 
-def per_example_loss(config: modadd.Config):
-    if config.loss == "cross_entropy":
-        return lambda out, y: F.cross_entropy(out, y, reduction="none")
-    return lambda out, y: F.mse_loss(
-        out, F.one_hot(y, config.p).to(out.dtype), reduction="none"
-    ).mean(-1)
-
-
 def training_noise(model, config: modadd.Config, seed: int) -> GradientNoise:
     """Per-example gradients of the training loss on the training set (the labels trained on)."""
     x = modadd.probe_inputs(config)
     y, _ = modadd.corrupted_labels(config, seed)
     train_idx, _ = modadd.split(config, seed)
-    return GradientNoise.from_model(model, per_example_loss(config), x[train_idx], y[train_idx])
+    return GradientNoise.from_model(
+        model, modadd.per_example_loss(config), x[train_idx], y[train_idx]
+    )
 
 
 def snr_ratio(noise: GradientNoise, model, first: torch.Tensor) -> float:

@@ -280,3 +280,19 @@ def test_interrupted_training_resumes_to_identical_checkpoints(monkeypatch):
         for name, tensor in reference.checkpoints[step].items():
             assert torch.equal(resumed.checkpoints[step][name], tensor), (step, name)
     assert reference.log.equals(resumed.log)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_per_example_loss_averages_to_the_training_loss_and_vmaps(loss):
+    from torch.func import grad, vmap
+
+    from testbeds.modadd.train import _loss
+
+    config = Config(p=5, width=8, loss=loss)
+    model = config.build_model()
+    x, y = modadd.probe_inputs(config), modadd.labels(config.p)
+    per_example = modadd.per_example_loss(config)
+    torch.testing.assert_close(per_example(model(x), y).mean(), _loss(config, model(x), y))
+    z = model(x).detach()
+    g = vmap(grad(lambda zi, yi: per_example(zi[None], yi[None])[0]))(z, y)
+    assert g.shape == z.shape

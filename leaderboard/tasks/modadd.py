@@ -27,7 +27,6 @@ import math
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from leaderboard.api import Problem, Task, register_task
@@ -58,22 +57,6 @@ def torus_graphs(p: int) -> dict[str, Tensor]:
 @lru_cache(maxsize=4)
 def family_basis(p: int, family: str) -> Tensor:
     return orthonormal_basis(modadd.fourier_family(p, family), center=True)
-
-
-def _loss(config: modadd.Config):
-    if config.loss == "mse":
-        classes = torch.arange(config.p)
-
-        def mse(outputs: Tensor, targets: Tensor) -> Tensor:
-            one_hot = (targets[:, None] == classes).to(outputs)  # (n, p); vmap-safe
-            return (outputs - one_hot).pow(2).mean(-1)
-
-        return mse
-
-    def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(outputs, targets, reduction="none")
-
-    return cross_entropy
 
 
 def mlp_activations(model: nn.Module, inputs: Tensor) -> Tensor:
@@ -109,7 +92,7 @@ def _problem(config, model, seed: int, task: str, *, k: int, kind: str, over: st
         over=over,
         rows=rows,
         targets=modadd.labels(config.p),
-        loss=_loss(config),
+        loss=modadd.per_example_loss(config),
         graphs=torus_graphs(config.p),
         seed=seed,
         task=task,

@@ -33,6 +33,7 @@ from testbeds.modadd.train import (
     evaluation_groups,
     labels,
     pairs,
+    per_example_loss,
     probe_inputs,
     split,
     train,
@@ -52,6 +53,7 @@ __all__ = [
     "split",
     "corrupted_labels",
     "evaluation_groups",
+    "per_example_loss",
     # training
     "TESTBED",
     "train",

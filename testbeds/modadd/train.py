@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from testbeds.modadd.config import Config
+from testbeds.modadd.ground_truth import GENERALISING_IPR, neuron_frequencies
 from testbeds.modadd.models import ModAddMLP
 from testbeds.runs import PartialSaver, Run, RunStore, cached_run
 
@@ -103,8 +104,6 @@ def corruption_ground_truth(model: nn.Module, config: Config, seed: int) -> dict
     weight Fourier power ≥ ``GENERALISING_IPR``; the rest are memorising), and ``accuracy``:
     name → accuracy on each group of :func:`evaluation_groups` (``corrupted`` = memorised).
     """
-    from testbeds.modadd.ground_truth import GENERALISING_IPR, neuron_frequencies
-
     y, mask = corrupted_labels(config, seed)
     neurons = neuron_frequencies(model)
     with torch.no_grad():
@@ -173,6 +172,24 @@ def continue_training(
             with torch.no_grad():
                 rows.append({"step": step, **track(model)})
     return pd.DataFrame(rows)
+
+
+def per_example_loss(config: Config) -> Callable[[Tensor, Tensor], Tensor]:
+    """The config's training loss per example, ``loss(logits (n, p), labels (n,)) -> (n,)``;
+    its mean over examples is the training loss. ``vmap``-safe (for per-example gradients)."""
+    if config.loss == "mse":
+        classes = torch.arange(config.p)
+
+        def mse(logits: Tensor, targets: Tensor) -> Tensor:
+            one_hot = (targets[:, None] == classes).to(logits)  # F.one_hot is not vmap-safe
+            return (logits - one_hot).pow(2).mean(-1)
+
+        return mse
+
+    def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits, targets, reduction="none")
+
+    return cross_entropy
 
 
 def _loss(config: Config, logits: Tensor, targets: Tensor) -> Tensor:
