@@ -132,6 +132,8 @@ def structured_factors(
         )  # each (R, n, *out_shape)
         per_call = {}
         for (module, inp, out), g in zip(calls, grads, strict=True):
+            if id(module) not in batch_first:  # its parameters took the generic path above
+                continue
             Y = g.reshape(R, n, -1, out.shape[-1]).permute(1, 2, 0, 3)  # (n, T, R, d_out)
             per_call.setdefault(id(module), []).append((inp.detach(), Y))
         for name, uses in candidates.items():
