@@ -18,6 +18,7 @@ from metrics.entk import (
     unit_kernels,
     unit_similarity,
 )
+from metrics.gmatrix import GMatrix, TraitJacobian, g_matrix, trait_jacobian
 from metrics.noise import GradientNoise, per_example_gradients
 from metrics.operators import EntkOperator, channel_scale, flatten_full, flattened_entk
 from metrics.spectra import (
@@ -32,6 +33,12 @@ from metrics.spectra import (
     spectral_cliffs,
     stable_rank,
     subspace_overlap,
+)
+from metrics.stationarity import (
+    Stationarity,
+    eigenspace_stationarity,
+    random_rotation,
+    scale_spectrum,
 )
 from metrics.whitened import WhitenedEigenpairs, WhitenedKernel, noise_factor
 
@@ -78,4 +85,14 @@ __all__ = [
     "effective_rank",
     "participation_ratio",
     "stable_rank",
+    # eigenspace stationarity of a kernel, with its controls
+    "eigenspace_stationarity",
+    "Stationarity",
+    "random_rotation",
+    "scale_spectrum",
+    # the trait × trait G-matrix
+    "trait_jacobian",
+    "TraitJacobian",
+    "g_matrix",
+    "GMatrix",
 ]
