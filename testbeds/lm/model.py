@@ -1,0 +1,101 @@
+"""A tiny decoder-only transformer, in one readable file.
+
+Pre-LayerNorm blocks of causal multi-head attention and a GELU MLP, learned token and
+position embeddings, an untied unembedding. LayerNorms have no learned gain or bias, so every
+parameter lives in an ``nn.Linear`` or ``nn.Embedding`` module and the eNTK engine can use its
+structured per-layer products for all of them.
+
+:class:`LastTokenLogProbs` wraps a model so that its output is the next-token
+log-distribution at the last position, (N, V) — the readout the claims' kernels use.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Block(nn.Module):
+    """x ← x + Attn(LN(x)); x ← x + MLP(LN(x))."""
+
+    def __init__(self, d_model: int, n_heads: int, d_mlp: int):
+        super().__init__()
+        self.n_heads, self.d_head = n_heads, d_model // n_heads
+        self.W_Q = nn.Linear(d_model, d_model, bias=False)
+        self.W_K = nn.Linear(d_model, d_model, bias=False)
+        self.W_V = nn.Linear(d_model, d_model, bias=False)
+        self.W_O = nn.Linear(d_model, d_model, bias=False)
+        self.mlp_in = nn.Linear(d_model, d_mlp)
+        self.mlp_out = nn.Linear(d_mlp, d_model)
+
+    def attention(self, x: Tensor) -> Tensor:
+        n, t, d = x.shape  # (N, T, d_model)
+        heads = (n, t, self.n_heads, self.d_head)
+        q = self.W_Q(x).view(heads)
+        k = self.W_K(x).view(heads)
+        v = self.W_V(x).view(heads)
+        scores = torch.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(self.d_head)  # (N, H, T, T)
+        future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+        pattern = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        z = torch.einsum("nhqk,nkhd->nqhd", pattern, v).reshape(n, t, d)
+        return self.W_O(z)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attention(F.layer_norm(x, x.shape[-1:]))
+        return x + self.mlp_out(F.gelu(self.mlp_in(F.layer_norm(x, x.shape[-1:]))))
+
+
+class TinyLM(nn.Module):
+    """Tokens (N, T) with T ≤ context → next-token logits (N, T, V)."""
+
+    def __init__(
+        self, vocab: int, context: int, d_model: int, n_heads: int, n_layers: int, d_mlp: int
+    ):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.vocab, self.context = vocab, context
+        self.embed = nn.Embedding(vocab, d_model)
+        self.pos = nn.Embedding(context, d_model)
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, d_mlp) for _ in range(n_layers))
+        self.unembed = nn.Linear(d_model, vocab, bias=False)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """GPT-2's initialisation: N(0, 0.02²) weights, residual-output projections scaled by
+        1/√(2·n_layers), zero biases."""
+        scaled = 0.02 / math.sqrt(2 * len(self.blocks))
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                std = scaled if name.endswith(("W_O.weight", "mlp_out.weight")) else 0.02
+                nn.init.normal_(p, 0.0, std, generator=generator)
+
+    def residual(self, tokens: Tensor) -> Tensor:
+        """Final normalised residual stream (N, T, d_model)."""
+        if tokens.shape[-1] > self.context:
+            raise ValueError(
+                f"sequences are at most context={self.context} tokens, got {tokens.shape[-1]}"
+            )
+        positions = torch.arange(tokens.shape[-1], device=tokens.device).expand_as(tokens)
+        x = self.embed(tokens) + self.pos(positions)  # (N, T, d_model)
+        for block in self.blocks:
+            x = block(x)
+        return F.layer_norm(x, x.shape[-1:])
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.unembed(self.residual(tokens))
+
+
+class LastTokenLogProbs(nn.Module):
+    """``model`` read out as log P(next token | prompt) at the last position, (N, V)."""
+
+    def __init__(self, model: TinyLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return torch.log_softmax(self.model(tokens)[:, -1], dim=-1)

@@ -1,0 +1,428 @@
+r"""KL-regularised RL fine-tuning and its controls: SFT at matched KL, continued pretraining
+and a random weight perturbation of the same per-tensor norm.
+
+The RL objective for a prompt distribution D, a policy π (the model) and the frozen
+pretrained reference π_ref is
+
+.. math::  J(\theta) = \mathbb{E}_{x\sim D,\,y\sim\pi(\cdot|x)}[r(y)]
+           - \beta\,\mathbb{E}_{x\sim D}\,
+           \mathrm{KL}(\pi(\cdot|x)\,\|\,\pi_{\mathrm{ref}}(\cdot|x)),
+
+KL over whole continuations y = (y_1, …, y_T). Its gradient is
+E[(r(y) − β log π(y|x)/π_ref(y|x)) ∇ log π(y|x)] (the E[∇ log π] term vanishes), so the
+KL enters as a shaped reward r̃ = r − β log(π/π_ref) (stop-gradient). The baseline of sample i
+in a group of G continuations of one prompt is the mean of the other G − 1 shaped rewards
+(GRPO's per-prompt group, leave-one-out so that the estimate stays unbiased; no division by
+the group's standard deviation, which would change the objective).
+
+KL estimates. For continuations sampled from π, Σ_t KL(π(·|h_t) ‖ π_ref(·|h_t)) — the exact
+next-token KL summed along the sampled prefix h_t — is an unbiased estimate of the sequence
+KL (chain rule) with lower variance than the sampled log-ratio Σ_t log π(y_t|h_t)/π_ref(y_t|h_t);
+both are logged.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from testbeds.lm.config import ContinueConfig, RLConfig, SFTConfig
+from testbeds.lm.language import Language
+from testbeds.lm.train import CODE_PATHS, TESTBED, next_token_loss, probe_prompts, train
+from testbeds.runs import PartialSaver, Run, RunStore, cached_run
+
+PROBE_KL_SEED = 4242
+
+
+def reward_tokens(language: Language, reward: str) -> Tensor:
+    """Boolean (V,): the tokens whose frequency the reward counts."""
+    name = {"positive_style": "positive", "negative_style": "negative"}.get(reward)
+    if name is None:
+        raise ValueError(f"reward must be 'positive_style' or 'negative_style', got {reward!r}")
+    mask = torch.zeros(language.vocab_size, dtype=torch.bool)
+    mask[language.class_tokens(name)] = True
+    return mask
+
+
+def trait_reward(continuations: Tensor, rewarded: Tensor) -> Tensor:
+    """Fraction of the generated tokens (n, T) that are rewarded, float (n,)."""
+    return rewarded[continuations].float().mean(-1)
+
+
+@torch.no_grad()
+def sample_continuations(
+    model: nn.Module, prompts: Tensor, gen_len: int, generator: torch.Generator
+) -> Tensor:
+    """Prompts (n, P) followed by ``gen_len`` tokens sampled from the model at temperature 1,
+    (n, P + gen_len)."""
+    seq = prompts
+    for _ in range(gen_len):
+        probs = torch.softmax(model(seq)[:, -1].double(), dim=-1)
+        seq = torch.cat([seq, torch.multinomial(probs, 1, generator=generator)], dim=1)
+    return seq
+
+
+def continuation_log_probs(model: nn.Module, sequences: Tensor, prompt_len: int) -> Tensor:
+    """log π(· | h_t) at every generated position t, (n, T, V), T = L − prompt_len."""
+    return torch.log_softmax(model(sequences[:, :-1])[:, prompt_len - 1 :], dim=-1)
+
+
+def token_log_probs(log_probs: Tensor, sequences: Tensor, prompt_len: int) -> Tensor:
+    """log π(y_t | h_t) of the generated tokens, (n, T)."""
+    return log_probs.gather(-1, sequences[:, prompt_len:, None])[..., 0]
+
+
+def next_token_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p ‖ q) = Σ_v p_v (log p_v − log q_v) over the last axis."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def sequence_kl(
+    policy: nn.Module,
+    reference: nn.Module,
+    prompts: Tensor,
+    gen_len: int,
+    samples: int,
+    generator: torch.Generator,
+) -> tuple[float, float]:
+    """KL(π(·|x) ‖ π_ref(·|x)) over ``gen_len``-token continuations, averaged over prompts:
+    (estimate, standard error) from ``samples`` continuations per prompt, each scored by the
+    exact next-token KL summed along its prefix. In nats per continuation."""
+    x = prompts.repeat_interleave(samples, dim=0)
+    seq = sample_continuations(policy, x, gen_len, generator)
+    with torch.no_grad():
+        p = continuation_log_probs(policy, seq, prompts.shape[1]).double()
+        q = continuation_log_probs(reference, seq, prompts.shape[1]).double()
+    per_seq = next_token_kl(p, q).sum(-1)  # (n·samples,)
+    return per_seq.mean().item(), (per_seq.std() / math.sqrt(len(per_seq))).item()
+
+
+def probe_kl(
+    policy: nn.Module, reference: nn.Module, config: RLConfig, samples: int | None = None
+) -> tuple[float, float]:
+    """:func:`sequence_kl` on the 256 probe prompts (their first ``prompt_len`` tokens) with a
+    fixed sampling seed: the KL every stage is matched and reported on."""
+    prompts = probe_prompts(config.base.language, config.prompt_len).tokens
+    g = torch.Generator().manual_seed(PROBE_KL_SEED)
+    return sequence_kl(
+        policy, reference, prompts, config.gen_len, samples or config.probe_samples, g
+    )
+
+
+def policy_gradient_loss(
+    log_probs: Tensor, ref_log_probs: Tensor, rewards: Tensor, beta: float
+) -> tuple[Tensor, dict[str, float]]:
+    """Surrogate loss whose gradient is an unbiased estimate of −∇J (module docstring).
+
+    Args:
+        log_probs: log π(y_t | h_t) of the sampled tokens, (B, G, T), differentiable.
+        ref_log_probs: log π_ref(y_t | h_t), (B, G, T).
+        rewards: r(y), (B, G).
+        beta: KL coefficient β ≥ 0.
+
+    Returns:
+        (loss, stats) with stats ``reward`` (mean r) and ``kl_k1`` (mean sampled log-ratio).
+    """
+    if log_probs.dim() != 3 or ref_log_probs.shape != log_probs.shape:
+        raise ValueError(
+            f"log_probs and ref_log_probs must both be (B, G, T), got "
+            f"{tuple(log_probs.shape)} and {tuple(ref_log_probs.shape)}"
+        )
+    if rewards.shape != log_probs.shape[:2]:
+        raise ValueError(
+            f"rewards must be (B, G) = {tuple(log_probs.shape[:2])}, got {tuple(rewards.shape)}"
+        )
+    G = rewards.shape[1]
+    if G < 2:
+        raise ValueError(f"the group size G must be ≥ 2 for a leave-one-out baseline, got G={G}")
+    log_ratio = (log_probs - ref_log_probs).detach().sum(-1)  # (B, G)
+    shaped = rewards - beta * log_ratio
+    baseline = (shaped.sum(1, keepdim=True) - shaped) / (G - 1)
+    loss = -((shaped - baseline) * log_probs.sum(-1)).mean()
+    return loss, {"reward": rewards.mean().item(), "kl_k1": log_ratio.mean().item()}
+
+
+def random_perturbation(
+    reference: nn.Module, tuned: nn.Module, generator: torch.Generator
+) -> nn.Module:
+    """A copy of ``reference`` moved by a Gaussian random direction that has, tensor by tensor,
+    the norm of the update ``tuned − reference``."""
+    out = copy.deepcopy(reference)
+    tuned_params = dict(tuned.named_parameters())
+    with torch.no_grad():
+        for name, p in out.named_parameters():
+            delta = tuned_params[name].detach() - p
+            noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            scale = delta.norm() / noise.norm().clamp_min(1e-30)
+            p.add_(noise * scale)
+    return out
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def _state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _sample_prompts(config: RLConfig, generator: torch.Generator) -> Tensor:
+    language = config.base.language
+    return language.sample(config.prompts_per_step, config.prompt_len, generator)[0]
+
+
+class _Loop:
+    """Shared bookkeeping of the fine-tuning loops: resumable state, checkpoints, log."""
+
+    def __init__(self, store: RunStore | None, model, optimizer, generators: dict):
+        self.store, self.model, self.optimizer, self.generators = (
+            store,
+            model,
+            optimizer,
+            generators,
+        )
+        self.checkpoints: dict[int, dict[str, Tensor]] = {}
+        self.log: dict[str, list] = {}
+        self.start, self.seconds = 0, 0.0
+        resumed = store.load_partial() if store is not None else None
+        if resumed is not None:
+            model.load_state_dict(resumed["model"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            for name, g in generators.items():
+                g.set_state(resumed["generators"][name])
+            self.checkpoints = {int(k): v for k, v in resumed["checkpoints"].items()}
+            self.log, self.start = resumed["log"], resumed["step"]
+            self.seconds = resumed["seconds"]
+            self.extra = resumed.get("extra", {})
+        else:
+            self.extra = {}
+        self.saver = PartialSaver(store)
+        self.clock = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.seconds + time.perf_counter() - self.clock
+
+    def append(self, row: dict[str, float]) -> None:
+        for key in set(self.log) | set(row):
+            self.log.setdefault(key, [math.nan] * len(self.log.get("step", [])))
+        for key in self.log:
+            self.log[key].append(row.get(key, math.nan))
+
+    def maybe_save(self, next_step: int) -> None:
+        self.saver.maybe_save(
+            lambda: {
+                "step": next_step,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "generators": {n: g.get_state() for n, g in self.generators.items()},
+                "checkpoints": self.checkpoints,
+                "log": self.log,
+                "seconds": self.elapsed(),
+                "extra": self.extra,
+            }
+        )
+
+    def payload(self) -> dict[str, Any]:
+        return {"checkpoints": self.checkpoints, "log": self.log, "seconds": self.elapsed()}
+
+
+def _train_rl(config: RLConfig, seed: int, store: RunStore | None) -> dict[str, Any]:
+    torch.set_flush_denormal(True)
+    reference = _frozen(train(config.base, seed).final_model())
+    policy = copy.deepcopy(reference).train()
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
+    prompts_g = torch.Generator().manual_seed(seed + 4)
+    samples_g = torch.Generator().manual_seed(seed + 5)
+    loop = _Loop(store, policy, optimizer, {"prompts": prompts_g, "samples": samples_g})
+    rewarded = reward_tokens(config.base.language, config.reward)
+    B, G, P = config.prompts_per_step, config.group_size, config.prompt_len
+    keep = set(config.checkpoint_steps)
+    bar = tqdm(
+        range(loop.start, config.steps + 1),
+        initial=loop.start,
+        total=config.steps + 1,
+        desc=f"{TESTBED} rl seed={seed}",
+        disable=None,
+    )
+    for step in bar:
+        if step in keep:
+            loop.checkpoints[step] = _state(policy)
+        row: dict[str, float] = {"step": step}
+        if step % config.log_every == 0 or step == config.steps:
+            kl, kl_se = probe_kl(policy, reference, config)
+            row.update(probe_kl=kl, probe_kl_se=kl_se)
+        if step < config.steps:
+            prompts = _sample_prompts(config, prompts_g).repeat_interleave(G, dim=0)
+            seq = sample_continuations(policy, prompts, config.gen_len, samples_g)
+            log_p = continuation_log_probs(policy, seq, P)
+            with torch.no_grad():
+                log_q = continuation_log_probs(reference, seq, P)
+            lp, lq = token_log_probs(log_p, seq, P), token_log_probs(log_q, seq, P)
+            r = trait_reward(seq[:, P:], rewarded)
+            loss, stats = policy_gradient_loss(
+                lp.view(B, G, -1), lq.view(B, G, -1), r.view(B, G), config.beta
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            kl_exact = next_token_kl(log_p.detach().double(), log_q.double()).sum(-1).mean()
+            row.update(
+                stats, kl=kl_exact.item(), objective=stats["reward"] - config.beta * kl_exact.item()
+            )
+            bar.set_postfix(reward=stats["reward"], kl=row["kl"], refresh=False)
+        loop.append(row)
+        loop.maybe_save(step + 1)
+    bar.close()
+    return loop.payload()
+
+
+def _train_sft(config: SFTConfig, seed: int, store: RunStore | None) -> dict[str, Any]:
+    torch.set_flush_denormal(True)
+    rl = config.rl
+    target = float(train_rl(rl, seed).log["probe_kl"].dropna().iloc[-1])
+    reference = _frozen(train(rl.base, seed).final_model())
+    policy = copy.deepcopy(reference).train()
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
+    prompts_g = torch.Generator().manual_seed(seed + 6)
+    samples_g = torch.Generator().manual_seed(seed + 7)
+    loop = _Loop(store, policy, optimizer, {"prompts": prompts_g, "samples": samples_g})
+    rewarded = reward_tokens(rl.base.language, rl.reward)
+    B, G, P = rl.prompts_per_step, config.candidates, rl.prompt_len
+    tau = config.temperature_ratio * rl.beta
+    if loop.start == 0:
+        loop.checkpoints[0] = _state(policy)
+        loop.extra = {"previous": (0, 0.0, _state(policy))}
+    bar = tqdm(
+        range(max(loop.start, 1), config.max_steps + 1),
+        desc=f"{TESTBED} sft seed={seed}",
+        disable=None,
+    )
+    chosen = None
+    for step in bar:
+        prompts = _sample_prompts(rl, prompts_g).repeat_interleave(G, dim=0)
+        seq = sample_continuations(reference, prompts, rl.gen_len, samples_g)
+        r = trait_reward(seq[:, P:], rewarded).view(B, G)
+        weights = torch.softmax(r / tau, dim=1)  # (B, G), self-normalised exp(r/τ)
+        log_p = token_log_probs(continuation_log_probs(policy, seq, P), seq, P).view(B, G, -1)
+        loss = -(weights * log_p.sum(-1)).sum(1).mean() / rl.gen_len
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        row: dict[str, float] = {
+            "step": step,
+            "loss": loss.item(),
+            "weighted_reward": (weights * r).sum(1).mean().item(),
+        }
+        if step % config.check_every == 0 or step == config.max_steps:
+            kl, kl_se = probe_kl(policy, reference, rl)
+            row.update(probe_kl=kl, probe_kl_se=kl_se, target_kl=target)
+            bar.set_postfix(kl=kl, target=target, refresh=False)
+            prev_step, prev_kl, prev_state = loop.extra["previous"]
+            if kl >= target or step == config.max_steps:
+                if kl >= target and abs(prev_kl - target) < abs(kl - target):
+                    chosen = (prev_step, prev_kl, prev_state)
+                else:
+                    chosen = (step, kl, _state(policy))
+                loop.append(row)
+                break
+            loop.extra["previous"] = (step, kl, _state(policy))
+        loop.append(row)
+        loop.maybe_save(step + 1)
+    bar.close()
+    step, kl, state = chosen
+    loop.checkpoints[step] = state
+    loop.append(
+        {
+            "step": step,
+            "final_kl": kl,
+            "target_kl": target,
+            "matched": float(abs(kl - target) <= config.tolerance * target),
+        }
+    )
+    return loop.payload()
+
+
+def _train_continue(config: ContinueConfig, seed: int, store: RunStore | None) -> dict[str, Any]:
+    torch.set_flush_denormal(True)
+    rl, base = config.rl, config.rl.base
+    reference = _frozen(train(base, seed).final_model())
+    model = copy.deepcopy(reference).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=rl.lr)
+    batches = torch.Generator().manual_seed(seed + 8)
+    loop = _Loop(store, model, optimizer, {"batches": batches})
+    keep = set(rl.checkpoint_steps)
+    for step in tqdm(
+        range(loop.start, rl.steps + 1),
+        initial=loop.start,
+        total=rl.steps + 1,
+        desc=f"{TESTBED} continue seed={seed}",
+        disable=None,
+    ):
+        if step in keep:
+            loop.checkpoints[step] = _state(model)
+        row: dict[str, float] = {"step": step}
+        if step % rl.log_every == 0 or step == rl.steps:
+            kl, kl_se = probe_kl(model, reference, rl)
+            row.update(probe_kl=kl, probe_kl_se=kl_se)
+        if step < rl.steps:
+            tokens = base.language.sample(base.batch_size, base.context, batches)[0]
+            loss = next_token_loss(model, tokens).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            row["loss"] = loss.item()
+        loop.append(row)
+        loop.maybe_save(step + 1)
+    return loop.payload()
+
+
+def train_rl(config: RLConfig, seed: int = 0, *, cache: bool = True, force: bool = False) -> Run:
+    """KL-regularised RL from the pretrained run of ``config.base`` (same seed), cached.
+
+    The log has, per step, the batch's mean ``reward``, its exact-next-token ``kl`` and sampled
+    log-ratio ``kl_k1`` estimates, ``objective`` = reward − β·kl, and every ``log_every``
+    steps the probe-prompt KL ``probe_kl`` (± ``probe_kl_se``)."""
+    if not isinstance(config, RLConfig):
+        raise ValueError(f"config must be a testbeds.lm.RLConfig, got {type(config).__name__}")
+    return cached_run(
+        f"{TESTBED}_rl", config, seed, _train_rl, CODE_PATHS, cache=cache, force=force
+    )
+
+
+def train_sft(config: SFTConfig, seed: int = 0, *, cache: bool = True, force: bool = False) -> Run:
+    """Best-of-G SFT stopped at the probe KL of ``config.rl``'s run with the same seed.
+
+    The final checkpoint is the kept model; the last log row holds ``final_kl``, ``target_kl``
+    and ``matched`` (1.0 when within ±tolerance)."""
+    if not isinstance(config, SFTConfig):
+        raise ValueError(f"config must be a testbeds.lm.SFTConfig, got {type(config).__name__}")
+    return cached_run(
+        f"{TESTBED}_sft", config, seed, _train_sft, CODE_PATHS, cache=cache, force=force
+    )
+
+
+def train_continue(
+    config: ContinueConfig, seed: int = 0, *, cache: bool = True, force: bool = False
+) -> Run:
+    """Continued pretraining for ``config.rl.steps`` steps from the pretrained run, cached."""
+    if not isinstance(config, ContinueConfig):
+        raise ValueError(
+            f"config must be a testbeds.lm.ContinueConfig, got {type(config).__name__}"
+        )
+    return cached_run(
+        f"{TESTBED}_continue", config, seed, _train_continue, CODE_PATHS, cache=cache, force=force
+    )
