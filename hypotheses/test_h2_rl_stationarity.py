@@ -36,7 +36,6 @@ Pre-registered in the small-LM issue; 3 seeds; pass means every seed passes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import matplotlib
 import pandas as pd
@@ -56,7 +55,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 SEEDS = (0, 1, 2)
-CASES = [pytest.param(s, marks=pytest.mark.xdist_group(f"lm-{s}")) for s in SEEDS]
 RL_PRESET, SFT_PRESET, CONTINUE_PRESET = "lm_rl", "lm_sft", "lm_continue"
 
 # Pre-registered (small-LM issue, "Claim H2").
@@ -92,7 +90,6 @@ def sequence_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(outputs.transpose(1, 2), targets, reduction="none").mean(-1)
 
 
-@lru_cache(maxsize=3)
 def analyse(seed: int) -> Analysis:
     config = lm.preset(RL_PRESET)
     base_run = lm.train(config.base, seed)
@@ -214,9 +211,8 @@ def _extra(a: Analysis, statistic: str) -> dict[str, float]:
     }
 
 
-@pytest.mark.parametrize("seed", CASES)
-def test_h2a_eigenvectors_hold_still(seed, record):
-    a = analyse(seed)
+def record_h2a_eigenvectors_hold_still(a: Analysis, record) -> None:
+    seed = a.seed
     s = a.stationarity["rl"]
     record(
         claim="H2a",
@@ -232,12 +228,10 @@ def test_h2a_eigenvectors_hold_still(seed, record):
         chance=s.chance,
         extra={**_extra(a, "overlap"), "control": "Haar-random rotation of the after-RL kernel"},
     )
-    record.assert_passed()
 
 
-@pytest.mark.parametrize("seed", CASES)
-def test_h2b_eigenvalues_retune(seed, record):
-    a = analyse(seed)
+def record_h2b_eigenvalues_retune(a: Analysis, record) -> None:
+    seed = a.seed
     s = a.stationarity["rl"]
     record(
         claim="H2b",
@@ -256,12 +250,10 @@ def test_h2b_eigenvalues_retune(seed, record):
             "control": "random perturbation with the RL update's per-tensor norm",
         },
     )
-    record.assert_passed()
 
 
-@pytest.mark.parametrize("seed", CASES)
-def test_h2c_rl_preserves_more_than_sft(seed, record):
-    a = analyse(seed)
+def record_h2c_rl_preserves_more_than_sft(a: Analysis, record) -> None:
+    seed = a.seed
     overlap = {name: s.overlap for name, s in a.stationarity.items()}
     record(
         claim="H2c",
@@ -280,7 +272,6 @@ def test_h2c_rl_preserves_more_than_sft(seed, record):
             "control": "overlap after the random perturbation of the RL update's norm",
         },
     )
-    record.assert_passed()
 
 
 def _trait_statistics(G: dict[str, GMatrix], after: str, factors) -> dict[str, float]:
@@ -293,9 +284,8 @@ def _trait_statistics(G: dict[str, GMatrix], after: str, factors) -> dict[str, f
     }
 
 
-@pytest.mark.parametrize("seed", CASES)
-def test_h2d_trait_g_matrix(seed, record):
-    a = analyse(seed)
+def record_h2d_trait_g_matrix(a: Analysis, record) -> None:
+    seed = a.seed
     stats = {
         (m, after): _trait_statistics(G, after, a.factors)
         for m, G in (("identity", a.g_identity), ("noise", a.g_noise))
@@ -332,5 +322,15 @@ def test_h2d_trait_g_matrix(seed, record):
         comparison=">=",
         control_value=control["change"],
     )
-    record.assert_passed()
 
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_h2_rl_is_an_eigenvalue_operation(seed, record):
+    """One test per seed: the runs and kernels are shared by H2a–H2d (one Record each, two for
+    H2d); the test fails naming every criterion that is missed."""
+    a = analyse(seed)
+    record_h2a_eigenvectors_hold_still(a, record)
+    record_h2b_eigenvalues_retune(a, record)
+    record_h2c_rl_preserves_more_than_sft(a, record)
+    record_h2d_trait_g_matrix(a, record)
+    record.assert_passed()

@@ -177,6 +177,9 @@ def gauss_newton_top(problem: Problem) -> Tensor:
     G = GaussNewtonOperator(problem.model, problem.loss, problem.inputs, problem.targets)
     if problem.k >= G.shape[0] - 1:
         raise NotApplicable("the budget is not below the parameter count")
+    probe = torch.randn(G.shape[0], 1, generator=problem.generator("gn-probe"), dtype=torch.float64)
+    if not G.matmat(probe).abs().max() > 0:  # e.g. a log-likelihood read from log-probabilities
+        raise NotApplicable("the loss is linear in the model's outputs: its Gauss–Newton is zero")
     V = top_eigenpairs(G, problem.k, seed=problem.seed, tol=1e-6).vectors
     return data_images(problem, G.jacobian.matvec_jacobian(unflatten(V, G.layout)))
 

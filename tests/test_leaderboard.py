@@ -112,7 +112,7 @@ def test_builtin_methods_and_tasks_are_registered():
         "whitened_entk",
     }
     assert all(m.source for m in METHODS.values())
-    assert {t.testbed for t in api.TASKS.values()} == {"modadd", "tms"}
+    assert {t.testbed for t in api.TASKS.values()} == {"lm", "modadd", "tms"}
 
 
 def test_register_rejects_duplicates_and_bad_names(registry):
@@ -578,7 +578,7 @@ def test_cli_rejects_unknown_names(capsys):
     assert "unknown methods ['nope']" in err and "entk_trace" in err
     with pytest.raises(SystemExit):
         cli.main(["leaderboard", "--testbeds", "mnist"])
-    assert "valid testbeds: ['modadd', 'tms']" in capsys.readouterr().err
+    assert "valid testbeds: ['lm', 'modadd', 'tms']" in capsys.readouterr().err
 
 
 def test_cli_list_shows_everything(capsys):
@@ -587,3 +587,65 @@ def test_cli_list_shows_everything(capsys):
     for name in ("lin2025_mlp", "elhage2022", "qdg", "tms_features.m40_s0.9"):
         assert name in out
     assert "test_h1_fourier_circuits.py" in out
+
+
+def test_lm_prompt_tasks_score_partitions_by_kmeans():
+    from leaderboard.tasks import lm as lm_tasks
+    from testbeds import lm
+
+    api.load_builtins()
+    task = api.TASKS["lm_prompts.topic"]
+    assert (task.kind, task.over, task.testbed) == ("directions", "inputs", "lm")
+    probe = lm.probe_prompts(lm.Language(), 9)
+    # the prefix of the 9-token probe prompts is the 8-token probe set the claims use
+    assert torch.equal(probe.tokens[:, :8], lm.probe_prompts(lm.Language()).tokens)
+    model = lm.LastTokenLogProbs(lm.TinyLM(48, 24, 8, 2, 1, 8))
+    problem = Problem(
+        model,
+        probe.tokens[:, :8],
+        4,
+        "directions",
+        "inputs",
+        256,
+        probe.tokens[:, 8],
+        lm_tasks.nll,
+        seed=0,
+        task=task.name,
+    )
+    exact = indicator_directions(probe.topic)
+    score, chance, extra = task.score(exact, probe.topic, problem)
+    assert score == 1.0 and abs(chance) < 0.02 and extra["raw_ari"] == 1.0
+    noise = torch.randn(256, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert task.score(noise, probe.topic, problem)[0] < 0.05
+    assert task.score(torch.zeros(256, 0, dtype=torch.float64), probe.topic, problem)[0] == 0.0
+    style = api.TASKS["lm_prompts.style"]
+    assert style.score(indicator_directions(probe.style), probe.style, problem)[0] == 1.0
+    logp = model(probe.tokens[:, :8])
+    assert torch.allclose(
+        lm_tasks.nll(logp, probe.tokens[:, 8]), -logp[torch.arange(256), probe.tokens[:, 8]]
+    )
+    assert lm_tasks.last_residual(model, probe.tokens[:, :8]).shape == (256, 8)
+
+
+def test_gauss_newton_method_is_not_applicable_when_the_loss_is_linear_in_outputs():
+    from leaderboard.tasks import lm as lm_tasks
+    from testbeds import lm
+
+    api.load_builtins()
+    model = lm.LastTokenLogProbs(lm.TinyLM(10, 6, 8, 2, 1, 8))
+    model.model.reset_parameters(torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, 10, (12, 5), generator=torch.Generator().manual_seed(0))
+    problem = Problem(
+        model,
+        tokens[:, :4],
+        2,
+        "directions",
+        "inputs",
+        12,
+        tokens[:, 4],
+        lm_tasks.nll,
+        seed=0,
+        task="t",
+    )
+    with pytest.raises(NotApplicable, match="linear in the model's outputs"):
+        METHODS["gauss_newton_top"].fn(problem)

@@ -1,5 +1,5 @@
 """Built-in scoring tasks, one module per testbed; importing this package registers them."""
 
-from leaderboard.tasks import modadd, tms
+from leaderboard.tasks import lm, modadd, tms
 
-__all__ = ["modadd", "tms"]
+__all__ = ["lm", "modadd", "tms"]
