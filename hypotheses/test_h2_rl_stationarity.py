@@ -113,8 +113,15 @@ def analyse(seed: int) -> Analysis:
     stationarity = {name: eigenspace_stationarity(K0, K, K_TOP) for name, K in kernels.items()}
     rotated = random_rotation(kernels["rl"], torch.Generator().manual_seed(seed + ROTATION_SEED))
     rotated_overlap = eigenspace_stationarity(K0, rotated, K_TOP).overlap
-    kl = {name: lm.probe_kl(m, before, config)[0] for name, m in models.items()}
+    # the trained stages logged their final probe KL (lm.probe_kl, fixed seed); SFT's last row
+    # holds the KL of the checkpoint it kept
     sft_last = runs["sft"].log.iloc[-1]
+    kl = {
+        "rl": float(runs["rl"].log["probe_kl"].dropna().iloc[-1]),
+        "sft": float(sft_last["final_kl"]),
+        "continue": float(runs["continue"].log["probe_kl"].dropna().iloc[-1]),
+        "random": lm.probe_kl(models["random"], before, config)[0],
+    }
 
     battery = lm.trait_battery(config.base.language, config.reward)
     held_out = lm.eval_sequences(config.base, seed)[:NOISE_SEQUENCES]

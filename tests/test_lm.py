@@ -117,7 +117,8 @@ def test_sampler_follows_the_generator_statistics():
         z = (counts / n - p) / math.sqrt(p * (1 - p) / n)
         assert z.abs().max() < 4, z
     # first-token marginal
-    first = (lang.prior[:, None] * lang._tables["first"]).sum(0)
+    first = lang.first_token
+    assert torch.allclose(first, (lang.prior[:, None] * lang._tables["first"]).sum(0))
     freq = torch.bincount(tokens[:, 0], minlength=lang.vocab_size) / n
     z = (freq - first) / (first * (1 - first) / n).sqrt()
     assert z.abs().max() < 4.5

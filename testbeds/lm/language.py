@@ -244,6 +244,16 @@ class Language:
         """Exact log P(x_1:L) of each sequence, float64 (n,)."""
         return torch.logsumexp(self.latent_log_likelihood(tokens), dim=1)
 
+    @property
+    def first_token(self) -> Tensor:
+        """Marginal distribution of the first token, float64 (V,)."""
+        return self.prior @ self._tables["first"]
+
+    def continuation_log_prob(self, tokens: Tensor) -> Tensor:
+        """Exact log P(x_2:L | x_1) of each sequence, float64 (n,): what a next-token predictor
+        that sees the sequence so far is scored on."""
+        return self.log_prob(tokens) - self.first_token.log()[tokens[:, 0]]
+
     def next_token_log_probs(self, tokens: Tensor) -> Tensor:
         """Bayes-optimal log P(x_{i+1} | x_1:i) at every prefix, float64 (n, L, V): row i is
         the prediction after i + 1 tokens (the same target convention as the model)."""
@@ -267,10 +277,7 @@ class Language:
         if length < 2:
             raise ValueError(f"length must be ≥ 2, got length={length}")
         tokens, _, _ = self.sample(n, length, torch.Generator().manual_seed(seed))
-        first = torch.logsumexp(
-            self.prior.log()[None] + self._tables["first"].log().T[tokens[:, 0]], dim=1
-        )
-        per_token = -(self.log_prob(tokens) - first) / (length - 1)
+        per_token = -self.continuation_log_prob(tokens) / (length - 1)
         return per_token.mean().item(), (per_token.std() / math.sqrt(n)).item()
 
     def asymptotic_entropy_rate(self) -> float:

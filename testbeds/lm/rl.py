@@ -164,10 +164,15 @@ def random_perturbation(
     return out
 
 
-def _frozen(model: nn.Module) -> nn.Module:
-    for p in model.parameters():
+def _reference_and_copy(base, seed: int) -> tuple[nn.Module, nn.Module]:
+    """The pretrained run's final model, frozen (the reference), and a trainable copy."""
+    reference = train(base, seed).final_model()
+    for p in reference.parameters():
         p.requires_grad_(False)
-    return model.eval()
+    model = copy.deepcopy(reference).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return reference.eval(), model
 
 
 def _state(model: nn.Module) -> dict[str, Tensor]:
@@ -236,10 +241,7 @@ class _Loop:
 
 def _train_rl(config: RLConfig, seed: int, store: RunStore | None) -> dict[str, Any]:
     torch.set_flush_denormal(True)
-    reference = _frozen(train(config.base, seed).final_model())
-    policy = copy.deepcopy(reference).train()
-    for p in policy.parameters():
-        p.requires_grad_(True)
+    reference, policy = _reference_and_copy(config.base, seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
     prompts_g = torch.Generator().manual_seed(seed + 4)
     samples_g = torch.Generator().manual_seed(seed + 5)
@@ -290,10 +292,7 @@ def _train_sft(config: SFTConfig, seed: int, store: RunStore | None) -> dict[str
     torch.set_flush_denormal(True)
     rl = config.rl
     target = float(train_rl(rl, seed).log["probe_kl"].dropna().iloc[-1])
-    reference = _frozen(train(rl.base, seed).final_model())
-    policy = copy.deepcopy(reference).train()
-    for p in policy.parameters():
-        p.requires_grad_(True)
+    reference, policy = _reference_and_copy(rl.base, seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
     prompts_g = torch.Generator().manual_seed(seed + 6)
     samples_g = torch.Generator().manual_seed(seed + 7)
@@ -357,10 +356,7 @@ def _train_sft(config: SFTConfig, seed: int, store: RunStore | None) -> dict[str
 def _train_continue(config: ContinueConfig, seed: int, store: RunStore | None) -> dict[str, Any]:
     torch.set_flush_denormal(True)
     rl, base = config.rl, config.rl.base
-    reference = _frozen(train(base, seed).final_model())
-    model = copy.deepcopy(reference).train()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    reference, model = _reference_and_copy(base, seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=rl.lr)
     batches = torch.Generator().manual_seed(seed + 8)
     loop = _Loop(store, model, optimizer, {"batches": batches})

@@ -62,10 +62,7 @@ def next_token_loss(model: nn.Module, tokens: Tensor) -> Tensor:
 
 def optimal_loss(language: Language, tokens: Tensor) -> Tensor:
     """The Bayes-optimal predictor's mean next-token loss on each sequence, float64 (n,)."""
-    first = torch.logsumexp(
-        language.prior.log()[None] + language._tables["first"].log().T[tokens[:, 0]], dim=1
-    )
-    return -(language.log_prob(tokens) - first) / (tokens.shape[1] - 1)
+    return -language.continuation_log_prob(tokens) / (tokens.shape[1] - 1)
 
 
 def eval_sequences(config: Config, seed: int) -> Tensor:
