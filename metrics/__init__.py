@@ -19,9 +19,23 @@ from metrics.entk import (
     unit_similarity,
 )
 from metrics.gmatrix import GMatrix, TraitJacobian, g_matrix, trait_jacobian
+from metrics.layer_kernels import LayerKernels, layer_kernels
 from metrics.noise import GradientNoise, per_example_gradients
 from metrics.operators import EntkOperator, channel_scale, flatten_full, flattened_entk
+from metrics.similarity import (
+    canonical_correlations,
+    center_gram,
+    hsic,
+    kernel_svcca,
+    kernel_svcca_basis,
+    linear_cka,
+    linear_cka_features,
+    linear_cka_matrix,
+    svcca,
+    svcca_of_bases,
+)
 from metrics.spectra import (
+    cosine_normalize,
     effective_rank,
     eigh_sorted,
     largest_cliff,
@@ -82,6 +96,7 @@ __all__ = [
     "normalized_overlap",
     "overlap_chance",
     "principal_angles",
+    "cosine_normalize",
     "effective_rank",
     "participation_ratio",
     "stable_rank",
@@ -90,6 +105,20 @@ __all__ = [
     "Stationarity",
     "random_rotation",
     "scale_spectrum",
+    # layerwise forward and backward kernels
+    "layer_kernels",
+    "LayerKernels",
+    # representational similarity: CKA, CCA, SVCCA
+    "center_gram",
+    "hsic",
+    "linear_cka",
+    "linear_cka_features",
+    "linear_cka_matrix",
+    "canonical_correlations",
+    "svcca",
+    "kernel_svcca",
+    "kernel_svcca_basis",
+    "svcca_of_bases",
     # the trait × trait G-matrix
     "trait_jacobian",
     "TraitJacobian",

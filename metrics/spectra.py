@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "cosine_normalize",
     "eigh_sorted",
     "spectral_cliffs",
     "largest_cliff",
@@ -286,3 +287,28 @@ def stable_rank(eigenvalues: Tensor) -> float:
     """
     lam = _psd_spectrum(eigenvalues)
     return (lam.sum() / lam.max()).item()
+
+
+def cosine_normalize(K: Tensor, tol: float = 1e-12) -> Tensor:
+    r"""The cosine-normalised kernel :math:`D^{-1/2} K D^{-1/2}`, :math:`D = \mathrm{diag}(K)`.
+
+    Its entries are the cosines between the inputs' feature vectors, its diagonal is 1, and its
+    trace is N, so spectra of kernels with different scales (checkpoints along training) are
+    comparable. An input whose diagonal entry is at most ``tol · max diag(K)`` has no
+    direction (a zero feature vector, e.g. an all-zero input of a bias-free network); its row
+    and column are set to zero instead of dividing by zero.
+
+    Args:
+        K: symmetric PSD kernel ``Tensor (N, N)``.
+
+    Returns:
+        ``Tensor (N, N)`` float64.
+    """
+    K = _as_float64(K, "K", ndim=2)
+    if K.shape[0] != K.shape[1]:
+        raise ValueError(f"K must be square, got shape {tuple(K.shape)}")
+    d = K.diagonal()
+    if d.numel() == 0 or d.max() <= 0:
+        raise ValueError("K must have a positive diagonal entry")
+    scale = torch.where(d > tol * d.max(), d.clamp_min(1e-300).rsqrt(), torch.zeros_like(d))
+    return scale[:, None] * K * scale[None, :]

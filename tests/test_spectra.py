@@ -6,6 +6,7 @@ import scipy.linalg
 import torch
 
 from metrics.spectra import (
+    cosine_normalize,
     effective_rank,
     eigh_sorted,
     largest_cliff,
@@ -297,3 +298,31 @@ def test_rank_measures_clip_round_off_negatives():
 def test_rank_measures_reject_bad_input(fn, lam, match):
     with pytest.raises(ValueError, match=match):
         fn(lam)
+
+
+def test_cosine_normalize_against_loops():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(6, 4))
+    X[2] = 0.0  # an input without direction
+    K = X @ X.T
+    expected = np.zeros((6, 6))
+    for i in range(6):
+        for j in range(6):
+            ni, nj = np.linalg.norm(X[i]), np.linalg.norm(X[j])
+            if ni > 0 and nj > 0:
+                expected[i, j] = X[i] @ X[j] / (ni * nj)
+    C = cosine_normalize(torch.from_numpy(K))
+    np.testing.assert_allclose(C.numpy(), expected, atol=1e-14)
+    assert C.dtype == torch.float64
+    # invariant to rescaling each input's features
+    S = np.diag(rng.uniform(0.1, 10, size=6))
+    np.testing.assert_allclose(
+        cosine_normalize(torch.from_numpy(S @ K @ S)).numpy(), expected, atol=1e-12
+    )
+
+
+def test_cosine_normalize_rejects_bad_input():
+    with pytest.raises(ValueError, match="square"):
+        cosine_normalize(torch.ones(2, 3))
+    with pytest.raises(ValueError, match="positive diagonal"):
+        cosine_normalize(torch.zeros(3, 3))
