@@ -1,0 +1,154 @@
+"""H4 — kernel rank climbs during training.
+
+Claim (design notes §4): "watch learning happen as samples become mutually dissimilar and the
+kernel rank climbs". Published work points the other way for the raw kernel: tangent kernels
+become *more* anisotropic during training (Baratin et al. 2021, "Implicit regularization via
+neural feature alignment"; Atanasov et al. 2022, "Neural networks as kernel learners: the
+silent alignment effect"); the secondary curves show where the two pictures differ.
+
+Pre-registered in issue 7; seeds 0, 1, 2; a testbed passes only if every seed passes.
+
+* Statistic: the Roy–Vetterli effective rank of the cosine-normalised trace eNTK on the
+  testbed's fixed probe set (``hypotheses/trajectories.py``: all p² pairs, the TMS fixed
+  dataset, the 256 LM probe prompts) at checkpoints from initialisation to the end (39 for
+  ``lin2025_mlp`` and TMS, 14 for ``lin2025_transformer`` and LM pretraining).
+* Criterion per testbed (``lin2025_mlp``, ``lin2025_transformer``, the sparse TMS preset
+  ``lin2025_tms_m10_s0.9`` — m = 10 hidden dimensions for n = 50 features at S = 0.9, the
+  superposition regime — and ``lm_pretrain``): Spearman ρ(step, erank) ≥ 0.8 and
+  erank(end) / erank(init) ≥ 1.5.
+* Negative control (recorded as the ratio's control value): the initial network moved by a
+  Gaussian random direction with, tensor by tensor, the norm of the whole training update
+  (``testbeds.lm.random_perturbation``): the same distance travelled without learning.
+* Secondary, recorded and plotted, not gating: the raw kernel's effective rank, the
+  loss-gradient Gram's, every layer's (cosine-normalised), and participation ratios.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from hypotheses.trajectories import (
+    LM_PRESET,
+    SEEDS,
+    SPARSE_TMS_PRESET,
+    plots_dir,
+    probe_for,
+    trajectory,
+)
+from metrics.entk import entk
+from metrics.spectra import cosine_normalize, effective_rank
+from testbeds import lm, modadd, tms
+from testbeds.trajectory import metric_series, plot_trajectory
+
+# Pre-registered thresholds (issue 7, "H4 kernel rank climbs").
+H4_SPEARMAN_MIN = 0.8
+H4_RATIO_MIN = 1.5
+PERTURBATION_SEED = 4000  # + seed: the random-direction control
+
+TESTBEDS = {
+    "lin2025_mlp": (modadd, lambda: modadd.preset("lin2025_mlp"), "test_acc"),
+    "lin2025_transformer": (modadd, lambda: modadd.preset("lin2025_transformer"), "test_acc"),
+    SPARSE_TMS_PRESET: (tms, lambda: tms.preset(SPARSE_TMS_PRESET), "loss"),
+    LM_PRESET: (lm, lambda: lm.preset(LM_PRESET), "gap"),
+}
+
+
+def rank_verdict(frame: pd.DataFrame) -> dict[str, float]:
+    """Spearman ρ(step, erank) and erank(end) / erank(init) of one run's frame."""
+    erank = metric_series(frame, "erank")
+    rho = spearmanr(erank.index, erank.values).statistic
+    return {"spearman": float(rho), "ratio": float(erank.iloc[-1] / erank.iloc[0])}
+
+
+def cosine_erank(model, probe) -> float:
+    K = entk(probe.readout(model), probe.inputs, output="trace").double()
+    return effective_rank(torch.linalg.eigvalsh(cosine_normalize(K)).clamp_min(0.0))
+
+
+def plot(frame: pd.DataFrame, run, preset: str, secondary_axis: str, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7))
+    common = dict(runs=[run], accuracy=secondary_axis, logx=True)
+    plot_trajectory(frame, "erank", ax=axes[0, 0], title="erank, cosine-normalised", **common)
+    plot_trajectory(
+        frame,
+        ["erank_raw", "erank_loss_gradient"],
+        ax=axes[0, 1],
+        title="erank: raw kernel, loss-gradient Gram",
+        **common,
+    )
+    plot_trajectory(
+        frame,
+        ["participation_ratio", "participation_ratio_raw"],
+        ax=axes[1, 0],
+        title="participation ratio: cosine-normalised, raw",
+        **common,
+    )
+    layers = sorted(m for m in frame["metric"].unique() if m.startswith("erank_layer/"))
+    plot_trajectory(
+        frame, layers, ax=axes[1, 1], title="erank of each layer (cosine)", logx=True, logy=True
+    )
+    fig.suptitle(f"H4 {preset} seed {run.seed}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("preset", list(TESTBEDS))
+def test_h4_kernel_rank_climbs(preset, seed, record):
+    package, make_config, secondary_axis = TESTBEDS[preset]
+    config = make_config()
+    run = package.train(config, seed)
+    frame = trajectory(run, preset)
+    verdict = rank_verdict(frame)
+
+    probe = probe_for(run)
+    moved = lm.random_perturbation(
+        run.model_at(0),
+        run.final_model(),
+        torch.Generator().manual_seed(PERTURBATION_SEED + seed),
+    )
+    init = metric_series(frame, "erank").iloc[0]
+    control_ratio = cosine_erank(moved, probe) / init
+
+    out = plots_dir("H4")
+    frame.to_csv(out / f"{preset}_seed{seed}.csv", index=False)
+    plot(frame, run, preset, secondary_axis, out / f"{preset}_seed{seed}.png")
+
+    last = {
+        m: float(metric_series(frame, m).iloc[-1] / metric_series(frame, m).iloc[0])
+        for m in frame["metric"].unique()
+    }
+    extra = {
+        "checkpoints": int(frame["step"].nunique()),
+        "erank_init": float(init),
+        "erank_end": float(metric_series(frame, "erank").iloc[-1]),
+        "end_over_init": {k: round(v, 4) for k, v in sorted(last.items())},
+    }
+    common = dict(claim="H4", testbed=package.TESTBED, preset=preset, seed=seed, config=config)
+    record(
+        statistic="spearman_step_erank",
+        value=verdict["spearman"],
+        threshold=H4_SPEARMAN_MIN,
+        comparison=">=",
+        extra=extra,
+        **common,
+    )
+    record(
+        statistic="erank_end_over_init",
+        value=verdict["ratio"],
+        threshold=H4_RATIO_MIN,
+        comparison=">=",
+        control_value=control_ratio,
+        extra=extra,
+        **common,
+    )
+    record.assert_passed(extra)
