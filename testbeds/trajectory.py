@@ -5,6 +5,7 @@ statistic at every checkpoint of a training run. :func:`map_checkpoints` evaluat
 each checkpoint's model, caches every checkpoint's values on disk as soon as they exist, and
 returns a tidy frame with one row per (step, metric)::
 
+    >>> import torch
     >>> from testbeds import modadd
     >>> from testbeds.trajectory import map_checkpoints, plot_trajectory
     >>> from metrics import entk, effective_rank

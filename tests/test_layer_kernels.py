@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import doctest
+import importlib
 
 import pytest
 import torch
@@ -218,3 +220,9 @@ def test_bad_arguments_raise_clear_errors(model, inputs, kwargs, match):
 
 def test_weight_used_outside_its_module_is_left_out_by_default():
     assert list(layer_kernels(TiedEmbedding(), torch.randint(0, 6, (5, 3)))) == ["mix"]
+
+
+def test_doctests():
+    # the package exports the function under the module's name, so fetch the module itself
+    module = importlib.import_module("metrics.layer_kernels")
+    assert doctest.testmod(module).failed == 0
