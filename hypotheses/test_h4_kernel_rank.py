@@ -36,10 +36,10 @@ from hypotheses.trajectories import (
     SPARSE_TMS_PRESET,
     plots_dir,
     probe_for,
+    rank_statistics,
     trajectory,
 )
 from metrics.entk import entk
-from metrics.spectra import cosine_normalize, effective_rank
 from testbeds import lm, modadd, tms
 from testbeds.trajectory import metric_series, plot_trajectory
 
@@ -64,8 +64,9 @@ def rank_verdict(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def cosine_erank(model, probe) -> float:
-    K = entk(probe.readout(model), probe.inputs, output="trace").double()
-    return effective_rank(torch.linalg.eigvalsh(cosine_normalize(K)).clamp_min(0.0))
+    """H4's primary statistic of one model on the probe set."""
+    K = entk(probe.readout(model), probe.inputs, output="trace")
+    return rank_statistics(K, {}, None)["erank"]
 
 
 def plot(frame: pd.DataFrame, run, preset: str, secondary_axis: str, path) -> None:

@@ -30,7 +30,13 @@ from torch import Tensor, nn
 from leaderboard.records import results_dir
 from metrics.entk import entk
 from metrics.layer_kernels import layer_kernels
-from metrics.similarity import center_gram, kernel_svcca_basis, linear_cka_matrix, svcca_of_bases
+from metrics.similarity import (
+    SVCCA_VARIANCE,
+    center_gram,
+    kernel_svcca_basis,
+    linear_cka_matrix,
+    svcca_of_bases,
+)
 from metrics.spectra import cosine_normalize, effective_rank, participation_ratio
 from testbeds import lm, modadd, tms
 from testbeds.runs import Run
@@ -40,7 +46,6 @@ SEEDS = (0, 1, 2)
 SPARSE_TMS_PRESET = "lin2025_tms_m10_s0.9"  # m = 10 < n = 50 with S = 0.9: superposition
 LM_PRESET = "lm_pretrain"
 THIN_EVERY = 3  # transformer and LM: every third checkpoint (plus the last)
-SVCCA_VARIANCE = 0.99  # SVCCA keeps the top directions explaining 99% of the variance
 
 # the per-checkpoint metrics' versions: bump when a computation changes meaning
 RANK_VERSION = "1"
