@@ -1,0 +1,362 @@
+r"""Attribution of a training update over a hierarchy of parameter coalitions.
+
+Players are parameter *units* (a hidden neuron with its incoming and outgoing weights, an
+attention head with its W_Q, W_K, W_V rows and W_O columns …), given as ``UnitSpec`` maps
+``{parameter name: (axis, index)}`` as in :func:`metrics.entk.unit_kernels`. A coalition S
+of units has the value of the update restricted to it,
+
+.. math::  v(S) = L(\theta_t) - L(\theta_t + \Delta\theta_S), \qquad
+           \Delta\theta = \theta_{t+1} - \theta_t ,
+
+the training-loss decrease produced by applying the update between two consecutive
+checkpoints only to the parameters of S (:class:`UpdateGame`; v(∅) = 0). With a first-order
+value, v(S) = −∇L·Δθ_S, the game would be additive and every interaction would vanish; the
+finite update keeps the cross-curvature terms (−½ Δθ_Aᵀ H_AB Δθ_B − … at second order) that
+make cooperation between coalitions measurable.
+
+Along a binary tree over the players (:class:`metrics.hierarchy.Tree`) every internal node
+with children A and B carries the gain from cooperation at that level,
+
+.. math::  I(\text{node}) = v(A \cup B) - v(A) - v(B),
+
+and the terms telescope exactly: v(root) = Σ_leaves v(leaf) + Σ_internal I(node)
+(:func:`tree_decomposition`). The *depth profile* is the share of Σ|terms| carried by the
+terms at each tree height (height 0 = the leaves' own values) and its centre of mass is the
+*attribution height* (:class:`TreeDecomposition`).
+
+:func:`winter_value` gives each leaf its Winter value (Winter 1989, the nested Owen value) for
+the tree, computed exactly: the average marginal contribution of the leaf over the orderings
+of the players that keep every subtree contiguous. :func:`mobius_transform` is the brute-force
+reference on the full lattice of ≤ 20 players.
+
+Example — for an additive game every interaction is zero and the leaves carry everything::
+
+    >>> import torch
+    >>> from metrics.hierarchy import Tree
+    >>> weights = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    >>> game = lambda masks: masks.double() @ weights
+    >>> tree = Tree.balanced(4)
+    >>> d = tree_decomposition(game, tree)
+    >>> d.interactions.abs().max().item(), d.profile().tolist()
+    (0.0, [1.0, 0.0, 0.0])
+    >>> winter_value(game, tree).tolist()
+    [1.0, 2.0, 3.0, 4.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from metrics.entk import UnitSpec
+from metrics.hierarchy import Tree
+
+Game = Callable[[Tensor], Tensor]  # coalitions (M, U) bool -> values (M,) float64
+Loss = Callable[[Tensor, Tensor], Tensor]  # (outputs (n, ...), targets (n, ...)) -> (n,)
+
+MAX_LATTICE_PLAYERS = 20
+DEFAULT_MAX_COALITIONS = 2**20
+
+
+def parameter_masks(
+    model: nn.Module, units: Sequence[UnitSpec], params: Sequence[str] | None = None
+) -> Tensor:
+    """Bool (U, P): which flattened parameter entries each unit owns.
+
+    Columns follow ``params`` (default: all trainable parameters in ``named_parameters``
+    order), each tensor flattened — the layout of :func:`metrics.noise.per_example_gradients`.
+    A unit maps parameter names to ``(axis, index)``: the entries whose ``axis`` coordinate is
+    ``index`` (an int or a list of ints).
+    """
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    names = list(named) if params is None else list(params)
+    unknown = sorted({n for unit in units for n in unit} - set(names))
+    if unknown:
+        raise ValueError(f"units name parameters {unknown} not among {names}")
+    offsets, start = {}, 0
+    for name in names:
+        offsets[name] = start
+        start += named[name].numel()
+    masks = torch.zeros(len(units), start, dtype=torch.bool)
+    for u, unit in enumerate(units):
+        for name, (axis, index) in unit.items():
+            shape = named[name].shape
+            if not 0 <= axis < len(shape):
+                raise ValueError(
+                    f"unit axis for {name!r} must be in 0..{len(shape) - 1}, got {axis}"
+                )
+            block = torch.zeros(shape, dtype=torch.bool)
+            block.index_fill_(axis, torch.as_tensor(index).reshape(-1), True)
+            masks[u, offsets[name] : offsets[name] + block.numel()] |= block.reshape(-1)
+    return masks
+
+
+class UpdateGame:
+    r"""The coalition game of one training update: v(S) = L(θ_t) − L(θ_t + Δθ_S).
+
+    Args:
+        model: the network (its parameters are not modified; only the names are used).
+        loss: per-example training loss ``loss(outputs (n, ...), targets (n, ...)) -> (n,)``;
+            L is its mean over ``inputs``.
+        inputs, targets: the training set (N, ...).
+        before, after: parameter dicts θ_t and θ_{t+1} (e.g. two checkpoints' state dicts).
+        units: the players (see the module docstring). Parameters that no unit owns stay at
+            θ_t in every coalition, so v(all units) is the loss decrease of the units' update.
+        dtype: the precision of the forward passes (float64 by default: late updates change the
+            loss by 1e-6 and interactions are differences of such values).
+        chunk_size: coalitions evaluated together (vmapped) per forward pass.
+
+    Calling the game on bool coalitions (M, U) returns their values (M,), float64.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Loss,
+        inputs: Tensor,
+        targets: Tensor,
+        before: dict[str, Tensor],
+        after: dict[str, Tensor],
+        units: Sequence[UnitSpec],
+        *,
+        dtype: torch.dtype = torch.float64,
+        chunk_size: int = 32,
+    ):
+        if not isinstance(chunk_size, int) or chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive int, got chunk_size={chunk_size!r}")
+        if not units:
+            raise ValueError("units must name at least one player")
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        missing = [n for n in names if n not in before or n not in after]
+        if missing:
+            raise ValueError(f"before and after must hold every parameter; missing {missing}")
+        self.model, self.loss, self.dtype, self.chunk_size = model, loss, dtype, chunk_size
+        self.inputs = inputs.to(dtype) if inputs.is_floating_point() else inputs
+        self.targets = targets.to(dtype) if targets.is_floating_point() else targets
+        self.names = names
+        self.shapes = [before[n].shape for n in names]
+        self.theta = torch.cat([before[n].detach().to(dtype).reshape(-1) for n in names])
+        after_flat = torch.cat([after[n].detach().to(dtype).reshape(-1) for n in names])
+        self.delta = after_flat - self.theta
+        masks = parameter_masks(model, units, names)  # (U, P)
+        self.n_units = len(masks)
+        if (masks.sum(0) <= 1).all():  # disjoint units: each entry has at most one owner
+            owned = masks.any(0)
+            self.owner = torch.where(owned, masks.to(torch.int64).argmax(0), self.n_units)
+            self.masks = None
+        else:
+            self.owner, self.masks = None, masks.to(dtype)
+        self.fixed = {
+            n: t.detach().to(dtype) if t.is_floating_point() else t
+            for n, t in {**dict(model.named_buffers()), **before}.items()
+            if n not in names
+        }
+        self.base = float(self._losses(self.theta[None])[0])
+
+    @property
+    def n_players(self) -> int:
+        return self.n_units
+
+    def _moved(self, chosen: Tensor) -> Tensor:
+        """(m, P) in {0, 1}: the parameter entries that coalitions ``chosen`` (m, U) own."""
+        if self.owner is None:
+            return (chosen.to(self.dtype) @ self.masks).clamp_max(1.0)
+        padded = torch.cat([chosen, torch.zeros(len(chosen), 1, dtype=torch.bool)], dim=1)
+        return padded[:, self.owner].to(self.dtype)  # column U: owned by no unit
+
+    def _unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        out, start = {}, 0
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            size = shape.numel()
+            out[name] = flat[start : start + size].reshape(shape)
+            start += size
+        return out
+
+    def _losses(self, thetas: Tensor) -> Tensor:
+        def loss_at(flat: Tensor) -> Tensor:
+            params = {**self.fixed, **self._unflatten(flat)}
+            outputs = functional_call(self.model, params, (self.inputs,))
+            return self.loss(outputs, self.targets).mean()
+
+        with torch.no_grad():
+            return vmap(loss_at)(thetas).double()
+
+    def __call__(self, coalitions: Tensor) -> Tensor:
+        coalitions = torch.as_tensor(coalitions)
+        if coalitions.dim() != 2 or coalitions.shape[1] != self.n_players:
+            raise ValueError(
+                f"coalitions must be a bool matrix (M, {self.n_players}), "
+                f"got shape {tuple(coalitions.shape)}"
+            )
+        values = []
+        for start in range(0, len(coalitions), self.chunk_size):
+            moved = self._moved(coalitions[start : start + self.chunk_size].bool())
+            values.append(self.base - self._losses(self.theta + moved * self.delta))
+        if not values:
+            return torch.zeros(0, dtype=torch.float64)
+        return torch.cat(values)
+
+
+def _normalised(game: Game, n_players: int) -> Callable[[Tensor], Tensor]:
+    """The game minus v(∅), so that the empty coalition is worth zero."""
+    empty = float(torch.as_tensor(game(torch.zeros(1, n_players, dtype=torch.bool)))[0])
+
+    def value(coalitions: Tensor) -> Tensor:
+        return torch.as_tensor(game(coalitions), dtype=torch.float64).reshape(-1) - empty
+
+    return value
+
+
+@dataclass(frozen=True)
+class TreeDecomposition:
+    """v over the nodes of a tree and the interaction terms it telescopes into.
+
+    ``values`` (n_nodes,) holds v(node) (v(∅) = 0); ``interactions`` (n_internal,) holds
+    I(node) = v(A ∪ B) − v(A) − v(B) for the internal nodes in ``tree.internal`` order.
+    """
+
+    tree: Tree
+    values: Tensor
+    interactions: Tensor
+
+    @property
+    def leaf_values(self) -> Tensor:
+        return self.values[: self.tree.n_leaves]
+
+    @property
+    def total(self) -> float:
+        """v(root): the value of the whole update."""
+        return float(self.values[self.tree.root])
+
+    def terms(self) -> tuple[Tensor, Tensor]:
+        """All terms of the telescoping sum and their heights: leaf values (height 0) then the
+        interactions of the internal nodes; (n_nodes,) each."""
+        terms = torch.cat([self.leaf_values, self.interactions])
+        heights = torch.as_tensor(
+            [0] * self.tree.n_leaves + [self.tree.height(n) for n in self.tree.internal]
+        )
+        return terms, heights
+
+    def residual(self) -> float:
+        """v(root) − Σ terms: zero up to rounding (the telescoping identity)."""
+        terms, _ = self.terms()
+        return self.total - float(terms.sum())
+
+    def profile(self) -> Tensor:
+        """Share of Σ|terms| at each height 0..tree height (float64); zeros if all terms are 0."""
+        terms, heights = self.terms()
+        mass = torch.zeros(self.tree.height(self.tree.root) + 1, dtype=torch.float64)
+        mass.index_add_(0, heights, terms.abs())
+        total = mass.sum()
+        return mass / total if total > 0 else mass
+
+    def interaction_share(self) -> float:
+        """Share of Σ|terms| carried by interactions (height ≥ 1)."""
+        return float(self.profile()[1:].sum())
+
+    def attribution_height(self) -> float:
+        """Centre of mass of the depth profile, Σ_h h · share_h."""
+        profile = self.profile()
+        return float((torch.arange(len(profile), dtype=torch.float64) * profile).sum())
+
+
+def tree_decomposition(game: Game, tree: Tree) -> TreeDecomposition:
+    """v(node) for every node of ``tree`` (one game call) and the interactions I(node)."""
+    return tree_decompositions(game, {"tree": tree})["tree"]
+
+
+def tree_decompositions(game: Game, trees: Mapping[str, Tree]) -> dict[str, TreeDecomposition]:
+    """:func:`tree_decomposition` for several trees over the same players, evaluating each
+    distinct coalition once (the leaves and the root are shared by every tree)."""
+    sizes = {tree.n_leaves for tree in trees.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"trees must share their players, got leaf counts {sorted(sizes)}")
+    value = _normalised(game, sizes.pop())
+    masks = [tree.node_masks() for tree in trees.values()]
+    values = _unique_values(value, torch.cat(masks)).split([len(m) for m in masks])
+    out = {}
+    for (name, tree), v in zip(trees.items(), values, strict=True):
+        internal = torch.as_tensor(tree.internal, dtype=torch.long)
+        left, right = torch.as_tensor(tree.children, dtype=torch.long).reshape(-1, 2).T
+        out[name] = TreeDecomposition(tree, v, v[internal] - v[left] - v[right])
+    return out
+
+
+def _unique_values(value: Callable[[Tensor], Tensor], masks: Tensor) -> Tensor:
+    """value(masks) evaluating each distinct coalition once."""
+    unique, inverse = torch.unique(masks, dim=0, return_inverse=True)
+    return value(unique)[inverse]
+
+
+def winter_value(game: Game, tree: Tree, *, max_coalitions: int = DEFAULT_MAX_COALITIONS) -> Tensor:
+    r"""The Winter value (U,) of every leaf for a binary tree, exactly, float64.
+
+    Over the orderings of the players in which every subtree is contiguous (uniformly: at
+    every internal node either child comes first with probability ½), leaf i receives its
+    expected marginal contribution
+
+    .. math::  \varphi_i = 2^{-d_i} \sum_{R} \big[v(R \cup \{i\}) - v(R)\big],
+
+    R running over the 2^{d_i} unions of the siblings of i's ancestors (d_i = depth of i).
+    The values sum to v(all) − v(∅) (efficiency). For a tree of U leaves and depth D this needs
+    up to U · 2^{D+1} coalition values (each distinct coalition is evaluated once); more than
+    ``max_coalitions`` raises ``ValueError``.
+    """
+    U = tree.n_leaves
+    needed = sum(2 ** (tree.depth(i) + 1) for i in range(U))
+    if needed > max_coalitions:
+        raise ValueError(
+            f"the Winter value of this tree needs {needed} coalition values, more than "
+            f"max_coalitions={max_coalitions}; use a shallower tree or raise the limit"
+        )
+    value = _normalised(game, U)
+    masks = tree.node_masks()
+    rows, owners = [], []
+    for leaf in range(U):
+        contexts = torch.zeros(1, U, dtype=torch.bool)
+        for sibling in tree.siblings_upwards(leaf):
+            contexts = torch.cat([contexts, contexts | masks[sibling]])
+        rows.extend([contexts | masks[leaf], contexts])
+        owners.append(len(contexts))
+    values = _unique_values(value, torch.cat(rows))
+    phi, start = torch.zeros(U, dtype=torch.float64), 0
+    for leaf, n in enumerate(owners):
+        with_leaf, without = values[start : start + n], values[start + n : start + 2 * n]
+        phi[leaf] = (with_leaf - without).mean()
+        start += 2 * n
+    return phi
+
+
+def all_coalitions(n_players: int) -> Tensor:
+    """Bool (2^U, U): row s is the coalition whose bitmask is s (player i ↔ bit i)."""
+    if not 0 <= n_players <= MAX_LATTICE_PLAYERS:
+        raise ValueError(f"n_players must be in 0..{MAX_LATTICE_PLAYERS}, got {n_players}")
+    bits = torch.arange(2**n_players)[:, None]
+    return (bits >> torch.arange(n_players)) & 1 == 1
+
+
+def mobius_transform(values: Tensor) -> Tensor:
+    r"""Möbius transform (Harsanyi dividends) of a game on the full lattice, float64.
+
+    ``values`` (2^U,) is v(S) indexed by bitmask (:func:`all_coalitions`); the result is
+    m(T) = Σ_{S ⊆ T} (−1)^{|T|−|S|} v(S), so that v(S) = Σ_{T ⊆ S} m(T). O(U 2^U).
+    """
+    m = torch.as_tensor(values, dtype=torch.float64).clone()
+    n = m.numel()
+    U = n.bit_length() - 1
+    if n != 2**U or U > MAX_LATTICE_PLAYERS:
+        raise ValueError(f"values must have 2^U entries with U ≤ {MAX_LATTICE_PLAYERS}, got {n}")
+    for i in range(U):
+        m = m.reshape(-1, 2, 2**i)  # axis 1: bit i
+        m[:, 1] -= m[:, 0]
+        m = m.reshape(-1)
+    return m
+
+
+def lattice_values(game: Game, n_players: int) -> Tensor:
+    """v(S) − v(∅) for all 2^U coalitions (bitmask order), float64."""
+    return _normalised(game, n_players)(all_coalitions(n_players))
