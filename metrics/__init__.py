@@ -1,5 +1,16 @@
 """Pure computations on models, batches and matrices: kernels, operators and spectra."""
 
+from metrics.coalitions import (
+    TreeDecomposition,
+    UpdateGame,
+    all_coalitions,
+    lattice_values,
+    mobius_transform,
+    parameter_masks,
+    tree_decomposition,
+    tree_decompositions,
+    winter_value,
+)
 from metrics.curvature import (
     CurvatureOperator,
     GaussNewtonOperator,
@@ -19,9 +30,19 @@ from metrics.entk import (
     unit_similarity,
 )
 from metrics.gmatrix import GMatrix, TraitJacobian, g_matrix, trait_jacobian
+from metrics.hierarchy import (
+    Tree,
+    agglomerative_tree,
+    block_energy_similarity,
+    gauss_newton_factor,
+    output_jacobian,
+    spectral_bisection,
+    whitened_unit_similarity,
+)
 from metrics.layer_kernels import LayerKernels, layer_kernels
 from metrics.noise import GradientNoise, per_example_gradients
 from metrics.operators import EntkOperator, channel_scale, flatten_full, flattened_entk
+from metrics.police import PoliceScores, loss_hvp, police_scores, police_scores_for
 from metrics.similarity import (
     canonical_correlations,
     center_gram,
@@ -119,6 +140,29 @@ __all__ = [
     "kernel_svcca",
     "kernel_svcca_basis",
     "svcca_of_bases",
+    # trees over parameter units and the similarities they are built from
+    "Tree",
+    "spectral_bisection",
+    "agglomerative_tree",
+    "block_energy_similarity",
+    "gauss_newton_factor",
+    "output_jacobian",
+    "whitened_unit_similarity",
+    # coalition games of a training update: tree decomposition, Winter value, Möbius transform
+    "UpdateGame",
+    "parameter_masks",
+    "tree_decomposition",
+    "tree_decompositions",
+    "TreeDecomposition",
+    "winter_value",
+    "mobius_transform",
+    "all_coalitions",
+    "lattice_values",
+    # police sectors
+    "police_scores",
+    "police_scores_for",
+    "loss_hvp",
+    "PoliceScores",
     # the trait × trait G-matrix
     "trait_jacobian",
     "TraitJacobian",
