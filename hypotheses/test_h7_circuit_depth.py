@@ -123,6 +123,37 @@ def extra_of(frame, verdict, trees) -> dict:
     }
 
 
+def record_verdict(record, verdict, extra, common, growth: bool) -> None:
+    """H7a's ρ (and, with ``growth``, its last / first share) and H7b's height ratio, each
+    with the random tree's value beside it."""
+    entk, random = verdict["entk"], verdict["random"]
+    rows = [
+        ("spearman_step_interaction_share", entk["spearman"], H7A_SPEARMAN_MIN, random["spearman"])
+    ]
+    if growth:
+        rows.append(
+            ("interaction_share_last_over_first", entk["growth"], H7A_GROWTH_MIN, random["growth"])
+        )
+    rows.append(
+        (
+            "attribution_height_entk_over_random",
+            entk["height_last"] / random["height_last"],
+            H7B_HEIGHT_RATIO_MIN,
+            random["height_last"],
+        )
+    )
+    for statistic, value, threshold, control in rows:
+        record(
+            statistic=statistic,
+            value=value,
+            threshold=threshold,
+            comparison=">=",
+            control_value=control,
+            extra=extra,
+            **common,
+        )
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_h7_circuit_depth_rises(seed, record):
     config = modadd.preset(PRESET)
@@ -132,36 +163,8 @@ def test_h7_circuit_depth_rises(seed, record):
     verdict = depth_verdict(frame)
     save(frame, run, PRESET)
     extra = extra_of(frame, verdict, trees)
-    entk, random = verdict["entk"], verdict["random"]
-
     common = dict(claim="H7", testbed=modadd.TESTBED, preset=PRESET, seed=seed, config=config)
-    record(
-        statistic="spearman_step_interaction_share",
-        value=entk["spearman"],
-        threshold=H7A_SPEARMAN_MIN,
-        comparison=">=",
-        control_value=random["spearman"],
-        extra=extra,
-        **common,
-    )
-    record(
-        statistic="interaction_share_last_over_first",
-        value=entk["growth"],
-        threshold=H7A_GROWTH_MIN,
-        comparison=">=",
-        control_value=random["growth"],
-        extra=extra,
-        **common,
-    )
-    record(
-        statistic="attribution_height_entk_over_random",
-        value=entk["height_last"] / random["height_last"],
-        threshold=H7B_HEIGHT_RATIO_MIN,
-        comparison=">=",
-        control_value=random["height_last"],
-        extra=extra,
-        **common,
-    )
+    record_verdict(record, verdict, extra, common, growth=True)
     record.assert_passed(extra)
 
 
@@ -177,25 +180,7 @@ def test_h7_transformer_recorded(seed, record):
     extra = extra_of(frame, verdict, trees)
     v_update = metric_series(frame, "v_update")
     extra["v_update_first_last"] = [float(v_update.iloc[0]), float(v_update.iloc[-1])]
-    entk, random = verdict["entk"], verdict["random"]
     common = dict(
         claim="H7 (recorded)", testbed=modadd.TESTBED, preset=TRANSFORMER, seed=seed, config=config
     )
-    record(
-        statistic="spearman_step_interaction_share",
-        value=entk["spearman"],
-        threshold=H7A_SPEARMAN_MIN,
-        comparison=">=",
-        control_value=random["spearman"],
-        extra=extra,
-        **common,
-    )
-    record(
-        statistic="attribution_height_entk_over_random",
-        value=entk["height_last"] / random["height_last"],
-        threshold=H7B_HEIGHT_RATIO_MIN,
-        comparison=">=",
-        control_value=random["height_last"],
-        extra=extra,
-        **common,
-    )
+    record_verdict(record, verdict, extra, common, growth=False)
