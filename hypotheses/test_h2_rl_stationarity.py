@@ -54,6 +54,7 @@ from testbeds import lm
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+GATING_CLAIMS = ("H2a", "H2b", "H2c", "H2d")  # see tests/test_gate.py
 SEEDS = (0, 1, 2)
 RL_PRESET, SFT_PRESET, CONTINUE_PRESET = "lm_rl", "lm_sft", "lm_continue"
 

@@ -43,6 +43,8 @@ from metrics.entk import entk
 from testbeds import lm, modadd, tms
 from testbeds.trajectory import metric_series, plot_trajectory
 
+GATING_CLAIMS = ("H4",)  # see tests/test_gate.py
+
 # Pre-registered thresholds (issue 7, "H4 kernel rank climbs").
 H4_SPEARMAN_MIN = 0.8
 H4_RATIO_MIN = 1.5

@@ -38,6 +38,7 @@ from metrics.spectra import eigh_sorted, normalized_overlap
 from testbeds import modadd
 from testbeds.trajectory import first_crossing, map_checkpoints, metric_series
 
+GATING_CLAIMS = ("H5",)  # see tests/test_gate.py
 PRESET = "lin2025_mlp"
 EVERY = 5  # checkpoint spacing in epochs (issue 7)
 CONTROL_TRAIN_FRACTION = 0.3  # does not generalise (module docstring)

@@ -32,6 +32,7 @@ from hypotheses.trajectories import SEEDS, plots_dir, trajectory
 from testbeds import modadd
 from testbeds.trajectory import plot_trajectory
 
+GATING_CLAIMS = ("H6",)  # see tests/test_gate.py
 PRESETS = ("lin2025_mlp", "lin2025_transformer")
 # Pre-registered threshold (issue 7, "H6 CKA and CCA agree on gradient kernels").
 H6_KENDALL_MIN = 0.6

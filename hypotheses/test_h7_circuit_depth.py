@@ -36,6 +36,8 @@ from leaderboard.records import results_dir
 from testbeds import modadd
 from testbeds.trajectory import metric_series
 
+GATING_CLAIMS = ("H7",)  # see tests/test_gate.py
+
 # Pre-registered thresholds (coalition issue, "Claim H7").
 H7A_SPEARMAN_MIN = 0.8
 H7A_GROWTH_MIN = 2.0

@@ -32,6 +32,8 @@ from metrics.hierarchy import Tree
 from metrics.police import police_scores_for
 from testbeds import modadd
 
+GATING_CLAIMS = ("H8",)  # see tests/test_gate.py
+
 # Pre-registered thresholds (coalition issue, "Claim H8").
 H8_SHARE_MAX = 0.01
 H8_COUPLING_MIN = 0.5

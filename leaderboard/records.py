@@ -23,6 +23,16 @@ import pandas as pd
 RESULTS_ENV = "NTKBENCH_RESULTS"
 COMPARISONS = (">=", "<=")
 STATUSES = ("ok", "failed", "n/a")
+# What a claim record is for (SCIENCE.md rules 6, 10, 12):
+# * "gating"      — the current instrument on its confirmatory seeds; decides the verdict and
+#                   ``make run``'s exit status;
+# * "superseded"  — an earlier version of the instrument, still computed and recorded with its
+#                   verdict; ``note`` says why it was replaced;
+# * "exploratory" — no hand-built network passes the statistic yet, so it cannot gate;
+# * "diagnostic"  — recorded beside a claim and never gating (seeds spent on diagnosing an
+#                   instrument, robustness variants, second architectures).
+ROLES = ("gating", "superseded", "exploratory", "diagnostic")
+SUPERSEDED_V1 = "v1 — instrument fails its planted positive (see README)"
 
 
 def results_dir() -> Path:
@@ -69,12 +79,16 @@ class Record:
     task: str = ""
     status: str = "ok"  # "ok", "failed" (error holds the message) or "n/a" (not applicable)
     error: str = ""
+    role: str = "gating"  # one of ROLES (claim records)
+    note: str = ""  # why a record does not gate (superseded / exploratory / diagnostic)
 
     def __post_init__(self) -> None:
         if self.comparison not in COMPARISONS:
             raise ValueError(f"comparison must be one of {COMPARISONS}, got {self.comparison!r}")
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got status={self.status!r}")
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got role={self.role!r}")
 
     def to_json(self) -> str:
         def clean(v: Any) -> Any:
@@ -125,12 +139,21 @@ def claim_records(records: pd.DataFrame) -> pd.DataFrame:
     return records[records["method"].fillna("") == ""]
 
 
+def with_roles(records: pd.DataFrame) -> pd.DataFrame:
+    """Records with ``role`` and ``note`` filled in (records written before roles existed
+    gated)."""
+    records = records.copy()
+    records["role"] = records["role"].fillna("gating") if "role" in records else "gating"
+    records["note"] = records["note"].fillna("") if "note" in records else ""
+    return records
+
+
 def latest(records: pd.DataFrame) -> pd.DataFrame:
-    """For each (claim, testbed, preset, statistic, seed) the record of the newest run."""
+    """For each (claim, testbed, preset, statistic, role, seed) the record of the newest run."""
     if records.empty:
         return records
-    keys = ["claim", "testbed", "preset", "statistic", "seed"]
-    return records.sort_values("started_at").groupby(keys, as_index=False).tail(1)
+    keys = ["claim", "testbed", "preset", "statistic", "role", "seed"]
+    return with_roles(records).sort_values("started_at").groupby(keys, as_index=False).tail(1)
 
 
 def _fmt(values) -> str:
@@ -138,16 +161,18 @@ def _fmt(values) -> str:
 
 
 def claims_frame(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per (claim, preset, statistic) of the newest claim records: every seed's value,
-    the control values, chance, the criterion and the verdict over seeds (pass only if every
-    seed passes)."""
-    columns = ["claim", "preset", "statistic", "seeds", "value per seed", "control per seed"]
-    columns += ["chance", "criterion", "verdict"]
+    """One row per (claim, preset, statistic, role) of the newest claim records: every seed's
+    value, the control values, chance, the criterion and the verdict over seeds (pass only if
+    every seed passes). Only "gating" rows decide a claim; the others say what they are in
+    ``role`` and why in ``note``."""
+    columns = ["claim", "preset", "statistic", "role", "seeds", "value per seed"]
+    columns += ["control per seed", "chance", "criterion", "verdict", "note"]
     recent = latest(claim_records(records))
     if recent.empty:
         return pd.DataFrame(columns=columns)
     rows = []
-    for (claim, preset, statistic), group in recent.groupby(["claim", "preset", "statistic"]):
+    keys = ["claim", "preset", "statistic", "role"]
+    for (claim, preset, statistic, role), group in recent.groupby(keys):
         group = group.sort_values("seed")
         chance = group["chance"].dropna() if "chance" in group else pd.Series(dtype=float)
         rows.append(
@@ -155,15 +180,20 @@ def claims_frame(records: pd.DataFrame) -> pd.DataFrame:
                 "claim": claim,
                 "preset": preset,
                 "statistic": statistic,
+                "role": role,
                 "seeds": ", ".join(str(int(s)) for s in group["seed"]),
                 "value per seed": _fmt(group["value"]),
                 "control per seed": _fmt(group["control_value"]),
                 "chance": _fmt(chance.iloc[:1]) if len(chance) else "–",
                 "criterion": f"{group['comparison'].iloc[0]} {group['threshold'].iloc[0]:g}",
                 "verdict": "pass" if group["passed"].all() else "FAIL",
+                "note": "; ".join(sorted(set(group["note"]) - {""})),
             }
         )
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["_role"] = frame["role"].map(ROLES.index)  # gating rows first within a claim
+    frame = frame.sort_values(["claim", "preset", "_role"], kind="stable")
+    return frame.drop(columns="_role").reset_index(drop=True)
 
 
 def markdown(frame: pd.DataFrame) -> str:
