@@ -365,7 +365,8 @@ def test_claim_players_of_the_modadd_networks():
     assert (masks.sum(0) <= 1).all()
     sizes = masks.sum(1)
     assert sizes[: net.n_heads].tolist() == [4 * net.d_model * net.d_head] * net.n_heads
-    assert sizes[net.n_heads :].unique().tolist() == [2 * net.d_model + 1]
+    bias = int(net.mlp_in.bias is not None)  # lin2025_transformer's MLP has no biases
+    assert sizes[net.n_heads :].unique().tolist() == [2 * net.d_model + bias]
     mlp_units = players(modadd.preset("lin2025_mlp").build_model())
     assert len(mlp_units) == 512
     with pytest.raises(ValueError, match="no units"):

@@ -2,7 +2,8 @@
 
 All p² pairs (a, b) with label (a + b) mod p; a seeded train/test split. Two architectures:
 the one-hidden-layer quadratic MLP of Gromov (2023) and the one-layer transformer of
-Nanda et al. (2023). Presets are named after the paper whose setting they reproduce.
+Nanda et al. (2023), the latter also in the variant of Lin (2025)'s code. Presets are named
+after the paper whose setting they reproduce.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from testbeds.modadd.models import INITS  # the transformer's initial scales
 from testbeds.runs import default_checkpoints
 
 ARCHS = ("mlp", "transformer")
@@ -41,6 +43,13 @@ class Config:
     d_model: int = 128
     n_heads: int = 4
     d_mlp: int = 512
+    mlp_bias: bool = True  # biases in the MLP's two layers (Nanda et al.); Lin 2025's code: none
+    # W_U also has a row for the "=" token, p + 1 rows (Lin 2025's code); the network's output,
+    # and so every loss, accuracy and readout, is its first p logits either way
+    unembed_eq: bool = False
+    # initial scales: "nanda" = every weight N(0, 1/d_model), W_U N(0, 1/rows of W_U);
+    # "lin2025" = the same but the MLP's input weights N(0, 1/d_mlp)
+    init: str = "nanda"
     # --- optimisation: AdamW
     lr: float = 0.05
     weight_decay: float = 0.01
@@ -73,6 +82,11 @@ class Config:
             fail("activation", f"one of {ACTIVATIONS}")
         if self.loss not in LOSSES:
             fail("loss", f"one of {LOSSES}")
+        for name in ("mlp_bias", "unembed_eq"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "True or False")
+        if self.init not in INITS:
+            fail("init", f"one of {INITS}")
         if self.arch == "transformer" and self.loss != "cross_entropy":
             fail("loss", "'cross_entropy' for arch='transformer'")
         if not self.lr > 0:
@@ -123,7 +137,15 @@ class Config:
 
         if self.arch == "mlp":
             return ModAddMLP(self.p, self.width, self.activation)
-        return ModAddTransformer(self.p, self.d_model, self.n_heads, self.d_mlp)
+        return ModAddTransformer(
+            self.p,
+            self.d_model,
+            self.n_heads,
+            self.d_mlp,
+            mlp_bias=self.mlp_bias,
+            unembed_eq=self.unembed_eq,
+            init=self.init,
+        )
 
 
 PRESETS: dict[str, Config] = {
@@ -138,8 +160,30 @@ PRESETS: dict[str, Config] = {
         betas=(0.9, 0.999),
         epochs=500,
     ),
-    # One-layer transformer in the setting of Lin 2025 v3, Table 2.
+    # The one-layer transformer of Lin 2025 v3, Table 2, as in the paper's code: no MLP biases,
+    # p + 1 unembedding rows (the loss and accuracy read the first p logits), MLP input weights
+    # N(0, 1/d_mlp) and W_U N(0, 1/(p + 1)); the other weights N(0, 1/d_model).
     "lin2025_transformer": Config(
+        arch="transformer",
+        p=29,
+        d_model=64,
+        n_heads=4,
+        d_mlp=256,
+        mlp_bias=False,
+        unembed_eq=True,
+        init="lin2025",
+        loss="cross_entropy",
+        train_fraction=0.5,
+        lr=3e-4,
+        weight_decay=1.0,
+        betas=(0.9, 0.999),
+        batch_size=64,
+        epochs=4000,
+        log_every=10,
+    ),
+    # Nanda et al. 2023's transformer (MLP biases, p unembedding rows, their initial scales)
+    # trained in the setting of Lin 2025 v3, Table 2: every other field as lin2025_transformer.
+    "nanda2023_p29": Config(
         arch="transformer",
         p=29,
         d_model=64,

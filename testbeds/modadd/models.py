@@ -3,7 +3,9 @@
 * :class:`ModAddMLP` — Gromov (2023), "Grokking modular arithmetic": one hidden layer,
   f(x) = (1/n) W₂ φ(W₁ x / √(2p)), φ(u) = u² (or ReLU), x = concat(one_hot(a), one_hot(b)).
 * :class:`ModAddTransformer` — Nanda et al. (2023), "Progress measures for grokking": one
-  attention layer (causal, no LayerNorm) and one ReLU MLP over tokens (a, b, =).
+  attention layer (causal, no LayerNorm) and one ReLU MLP over tokens (a, b, =); with
+  keywords, the variant of Lin (2025)'s code (no MLP biases, p + 1 unembedding rows, its
+  initial scales).
 
 Parameters live in ``nn.Linear`` / ``nn.Embedding`` modules wherever the maths allows, so the
 eNTK engine can use its structured per-layer products; the positional embedding is a plain
@@ -16,6 +18,8 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+INITS = ("nanda", "lin2025")  # ModAddTransformer's initial scales (its reset_parameters)
 
 
 class ModAddMLP(nn.Module):
@@ -46,43 +50,73 @@ class ModAddMLP(nn.Module):
 class ModAddTransformer(nn.Module):
     """One-layer transformer. Tokens (N, 3) = (a, b, p) where p is the "=" token → logits (N, p).
 
+    Two variants of one architecture, chosen by keyword:
+
+    * Nanda et al. (2023) (the defaults): MLP biases, an unembedding W_U with p rows, weights
+      N(0, 1/d_model) (``init="nanda"``).
+    * Lin (2025)'s code (arXiv 2510.00468, Table 2): no MLP biases (``mlp_bias=False``), W_U
+      with p + 1 rows, one per token, "=" included (``unembed_eq=True``), and the MLP's input
+      weights N(0, 1/d_mlp) (``init="lin2025"``).
+
+    ``forward`` returns the first p logits, the answers 0 … p − 1; the "=" row of W_U is read by
+    nothing (the paper's loss and accuracy read ``logits[:, :p]``), so training, the eNTK
+    readouts, the leaderboard and the claims all see the same p outputs, and that row gets no
+    gradient (weight decay alone shrinks it). :meth:`token_logits` returns every row.
+
     Only the "=" position is read out and no later layer follows the MLP, so attention is
     computed for that query alone and the MLP is applied to that position alone; the logits
-    are identical to running every position.
+    are identical to running every position with a causal mask.
     """
 
-    def __init__(self, p: int, d_model: int, n_heads: int, d_mlp: int):
+    def __init__(
+        self,
+        p: int,
+        d_model: int,
+        n_heads: int,
+        d_mlp: int,
+        *,
+        mlp_bias: bool = True,
+        unembed_eq: bool = False,
+        init: str = "nanda",
+    ):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got init={init!r}")
         self.p, self.d_model, self.n_heads, self.d_mlp = p, d_model, n_heads, d_mlp
         self.d_head = d_model // n_heads
+        self.init = init
         self.embed = nn.Embedding(p + 1, d_model)  # W_E; token p is "="
         self.pos = nn.Parameter(torch.zeros(3, d_model))  # W_pos
         self.W_Q = nn.Linear(d_model, d_model, bias=False)
         self.W_K = nn.Linear(d_model, d_model, bias=False)
         self.W_V = nn.Linear(d_model, d_model, bias=False)
         self.W_O = nn.Linear(d_model, d_model, bias=False)
-        self.mlp_in = nn.Linear(d_model, d_mlp)
-        self.mlp_out = nn.Linear(d_mlp, d_model)
-        self.unembed = nn.Linear(d_model, p, bias=False)  # W_U
+        self.mlp_in = nn.Linear(d_model, d_mlp, bias=mlp_bias)
+        self.mlp_out = nn.Linear(d_mlp, d_model, bias=mlp_bias)
+        self.unembed = nn.Linear(d_model, p + 1 if unembed_eq else p, bias=False)  # W_U
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        """Nanda et al.'s initialisation: N(0, 1/d_model) weights, N(0, 1/p) unembedding,
-        zero biases."""
+        """Every weight N(0, 1/d_model) except: W_U N(0, 1/rows of W_U) (1/p, or 1/(p + 1)
+        with the "=" row), and with ``init="lin2025"`` the MLP's input weights N(0, 1/d_mlp).
+        Biases (if any) start at zero."""
         std = 1.0 / math.sqrt(self.d_model)
-        for weight in (
-            self.embed.weight,
-            self.pos,
-            self.W_Q.weight,
-            self.W_K.weight,
-            self.W_V.weight,
-            self.W_O.weight,
-            self.mlp_in.weight,
-            self.mlp_out.weight,
+        mlp_in_std = 1.0 / math.sqrt(self.d_mlp) if self.init == "lin2025" else std
+        unembed_std = 1.0 / math.sqrt(self.unembed.out_features)
+        for weight, scale in (
+            (self.embed.weight, std),
+            (self.pos, std),
+            (self.W_Q.weight, std),
+            (self.W_K.weight, std),
+            (self.W_V.weight, std),
+            (self.W_O.weight, std),
+            (self.mlp_in.weight, mlp_in_std),
+            (self.mlp_out.weight, std),
+            (self.unembed.weight, unembed_std),
         ):
-            nn.init.normal_(weight, 0.0, std, generator=generator)
-        nn.init.normal_(self.unembed.weight, 0.0, 1.0 / math.sqrt(self.p), generator=generator)
-        nn.init.zeros_(self.mlp_in.bias)
-        nn.init.zeros_(self.mlp_out.bias)
+            nn.init.normal_(weight, 0.0, scale, generator=generator)
+        for layer in (self.mlp_in, self.mlp_out):
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
     def _attend(self, tokens: Tensor) -> Tensor:
         """Residual stream at "=" after the attention layer, shape (N, d_model)."""
@@ -101,7 +135,11 @@ class ModAddTransformer(nn.Module):
         """Post-ReLU MLP activations at "=", shape (N, d_mlp)."""
         return torch.relu(self.mlp_in(self._attend(tokens)))
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def token_logits(self, tokens: Tensor) -> Tensor:
+        """Every row of W_U read at "=", shape (N, p) or (N, p + 1) with the "=" row."""
         resid = self._attend(tokens)  # (N, d_model)
         resid = resid + self.mlp_out(torch.relu(self.mlp_in(resid)))  # (N, d_model)
-        return self.unembed(resid)  # (N, p)
+        return self.unembed(resid)  # (N, rows of W_U)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.token_logits(tokens)[:, : self.p]  # (N, p): the answers 0 … p − 1
