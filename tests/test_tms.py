@@ -177,15 +177,99 @@ def test_ground_truth_of_a_hand_built_model():
     assert tms.represented(tms.TMSModel(4, 2, n_instances=2)).shape == (2, 4)
 
 
-def test_orthogonal_solution_is_a_planted_positive():
-    model = tms.orthogonal_solution(8, 10, seed=1)
+# ---- hand-built solutions ---------------------------------------------------------------------
+LIN2025 = ("lin2025_tms_m10_s0.3", "lin2025_tms_m10_s0.9", "lin2025_tms_m40_s0.9")
+LIN2025_SEEDS = (0, 1, 2, 3, 4, 5)  # every seed a TMS claim evaluates
+
+
+@pytest.mark.parametrize("unrepresented", tms.UNREPRESENTED)
+def test_identity_solution_is_exact(unrepresented):
+    model = tms.identity_solution(8, 5, unrepresented, features=[0, 2, 4, 6, 7])
+    W = model.W[0].detach()
+    assert set(W.unique().tolist()) == {0.0, 1.0} and W.sum().item() == 5
     x = torch.rand(30, 8)
-    torch.testing.assert_close(model(x), x)
+    x[x < 0.3] = 0
+    y = model(x)
+    kept = [0, 2, 4, 6, 7]
+    torch.testing.assert_close(y[:, kept], (x[:, kept] - 1e-6).clamp_min(0), rtol=0, atol=1e-7)
+    other = 0.0 if unrepresented == "dead" else tms.ALIVE_BIAS
+    torch.testing.assert_close(y[:, [1, 3, 5]], torch.full((30, 3), other))
     truth = tms.ground_truth(model, x)
-    assert truth.n_represented == 8
-    torch.testing.assert_close(truth.dimensionality, torch.ones(8, dtype=torch.float64))
-    with pytest.raises(ValueError, match="n_hidden must be"):
-        tms.orthogonal_solution(8, 7)
+    assert truth.represented.nonzero().flatten().tolist() == kept
+    torch.testing.assert_close(truth.norms, truth.represented.double())
+    torch.testing.assert_close(truth.dimensionality, truth.represented.double())
+    assert tms.identity_solution(50, 10).W[0].detach().pow(2).sum(0)[:10].tolist() == [1.0] * 10
+    assert tms.ground_truth(tms.identity_solution(50, 60), x.new_zeros(3, 50)).n_represented == 50
+
+
+@pytest.mark.parametrize("unrepresented", tms.UNREPRESENTED)
+def test_antipodal_solution_is_exact(unrepresented):
+    model = tms.antipodal_solution(9, 3, unrepresented)  # 3 pairs: features 0-5
+    W = model.W[0].detach()
+    assert W[:, 0].tolist() == [1.0, 0.0, 0.0] and W[:, 1].tolist() == [-1.0, 0.0, 0.0]
+    assert W[:, 6:].abs().sum() == 0
+    x = torch.zeros(4, 9)
+    x[0, 2], x[1, 3], x[2, [2, 3]], x[3, 8] = 0.5, 0.25, torch.tensor([0.75, 0.25]), 1.0
+    y = model(x).detach()
+    assert y[0, 2].item() == pytest.approx(0.5 - 1e-6) and y[0, 3] == 0
+    assert y[1, 3].item() == pytest.approx(0.25 - 1e-6) and y[1, 2] == 0
+    assert y[2, 2].item() == pytest.approx(0.5 - 1e-6) and y[2, 3] == 0  # interference
+    assert y[3, 8].item() == (0.0 if unrepresented == "dead" else pytest.approx(0.02))
+    truth = tms.ground_truth(model, x)
+    assert truth.n_represented == 6 and tms.partner(2) == 3 and tms.partner(3) == 2
+    D = truth.dimensionality
+    torch.testing.assert_close(D[:6], torch.full((6,), 0.5, dtype=torch.float64))
+    assert (D[6:] == 0).all()
+    assert tms.antipodal_solution(50, 10).W[0].detach().abs().sum().item() == 20
+    assert tms.ground_truth(tms.antipodal_solution(50, 40), x.new_zeros(3, 50)).n_represented == 50
+    assert tms.antipodal_solution(50, 40, n_pairs=24).W[0].detach().abs().sum().item() == 48
+
+
+def test_hand_built_solutions_validate_their_arguments():
+    with pytest.raises(ValueError, match="unrepresented must be one of"):
+        tms.identity_solution(5, 3, "asleep")
+    with pytest.raises(ValueError, match="features must be"):
+        tms.identity_solution(5, 3, features=[0, 1, 2, 3])
+    with pytest.raises(ValueError, match="features must be"):
+        tms.identity_solution(5, 3, features=[0, 0])
+    with pytest.raises(ValueError, match="features must be"):
+        tms.identity_solution(5, 3, features=[5])
+    with pytest.raises(ValueError, match=r"n_pairs must be an int in 1\.\.min.* = 2"):
+        tms.antipodal_solution(5, 3, n_pairs=3)
+    with pytest.raises(ValueError, match="n_hidden must be a positive int"):
+        tms.antipodal_solution(5, 0)
+
+
+@pytest.mark.parametrize("preset", LIN2025)
+def test_hand_built_gates_sit_off_the_kinks_on_the_presets_inputs(preset):
+    """On every input a TMS claim uses, the gates p_c > 0 of the hand-built networks are what
+    their docstrings say, with no pre-activation at (or within round-off of) 0."""
+    config = tms.preset(preset)
+    n, m = config.n_features, config.n_hidden
+    for seed in LIN2025_SEEDS:
+        x = tms.probe_inputs(config, seed)
+        assert x[x > 0].min() > 5 * -tms.REPRESENTED_BIAS  # the bias sits below every feature
+        for unrepresented in tms.UNREPRESENTED:
+            identity = tms.identity_solution(n, m, unrepresented)
+            p = identity.preactivation(x).detach()
+            assert torch.equal(p[:, :m] > 0, x[:, :m] > 0)
+            assert (p[:, :m][x[:, :m] == 0] == tms.REPRESENTED_BIAS).all()
+            pairs = min(m, (n - 1) // 2)
+            antipodal = tms.antipodal_solution(n, m, unrepresented, n_pairs=pairs)
+            q = antipodal.preactivation(x).detach()
+            r = 2 * pairs
+            feature, partner = x[:, :r], x[:, [tms.partner(c) for c in range(r)]]
+            assert torch.equal(q[:, :r] > 0, feature > partner - tms.REPRESENTED_BIAS)
+            alone = partner == 0
+            assert torch.equal((q[:, :r] > 0)[alone], (feature > 0)[alone])
+            assert q[:, :r].abs().min() >= -tms.REPRESENTED_BIAS / 2
+            for model, pre, k in ((identity, p, m), (antipodal, q, r)):
+                rest = pre[:, k:]
+                if unrepresented == "dead":
+                    assert (rest == tms.DEAD_BIAS).all()
+                else:
+                    assert (rest == tms.ALIVE_BIAS).all()
+                assert torch.equal(model.b[0, k:], torch.full((n - k,), rest[0, 0].item()))
 
 
 def test_feature_recovery_score_and_matching():

@@ -5,6 +5,7 @@
 >>> run = tms.train(config, seed=0)                   # cached after the first call
 >>> x = tms.probe_inputs(config, seed=0)              # the fixed dataset, (500, 50)
 >>> truth = tms.ground_truth(run.final_model(), x)    # directions, represented, indicators …
+>>> planted = tms.antipodal_solution(50, 10, unrepresented="dead")  # hand-built, r = 20
 """
 
 from testbeds.tms.config import PRESETS, Config, preset
@@ -18,7 +19,15 @@ from testbeds.tms.ground_truth import (
     ground_truth,
     indicator_basis,
     matched_cosines,
-    orthogonal_solution,
+)
+from testbeds.tms.hand_built import (
+    ALIVE_BIAS,
+    DEAD_BIAS,
+    REPRESENTED_BIAS,
+    UNREPRESENTED,
+    antipodal_solution,
+    identity_solution,
+    partner,
 )
 from testbeds.tms.models import TMSModel
 from testbeds.tms.train import (
@@ -58,7 +67,14 @@ __all__ = [
     "indicator_basis",
     "center_blocks",
     "flat_index",
-    "orthogonal_solution",
+    # hand-built solutions (planted positives)
+    "identity_solution",
+    "antipodal_solution",
+    "partner",
+    "UNREPRESENTED",
+    "REPRESENTED_BIAS",
+    "DEAD_BIAS",
+    "ALIVE_BIAS",
     # scoring
     "feature_recovery",
     "matched_cosines",

@@ -119,19 +119,6 @@ def ground_truth(
     )
 
 
-def orthogonal_solution(n_features: int, n_hidden: int, seed: int = 0) -> TMSModel:
-    """The planted positive for m ≥ n: W (m, n) with orthonormal columns (a seeded random
-    rotation) and zero bias, so y = ReLU(WᵀW x) = x on non-negative inputs and every feature
-    is represented with ‖W_j‖² = 1 and dimensionality 1."""
-    if n_hidden < n_features:
-        raise ValueError(
-            f"n_hidden must be ≥ n_features={n_features} for orthogonal columns, got {n_hidden}"
-        )
-    generator = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(n_hidden, n_features, generator=generator))
-    return TMSModel.from_weights(Q)
-
-
 def feature_recovery(
     directions: Tensor, truth: GroundTruth, center: bool = False, budget: int | None = None
 ) -> tuple[float, float]:

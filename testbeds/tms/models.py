@@ -37,12 +37,17 @@ class TMSModel(nn.Module):
         h = torch.einsum("imn,bin->bim", self.W, x.unsqueeze(1) if squeeze else x)
         return h.squeeze(1) if squeeze else h
 
-    def forward(self, x: Tensor) -> Tensor:
+    def preactivation(self, x: Tensor) -> Tensor:
+        """p = Wᵀ W x + b, the input of the ReLU: (B, I, n) → (B, I, n), or (B, n) → (B, n).
+        Channel c's *gate* (the ReLU's derivative) is on where p_c > 0."""
         squeeze = self._check(x)
         x = x.unsqueeze(1) if squeeze else x
         h = torch.einsum("imn,bin->bim", self.W, x)
-        y = torch.relu(torch.einsum("imn,bim->bin", self.W, h) + self.b)
-        return y.squeeze(1) if squeeze else y
+        p = torch.einsum("imn,bim->bin", self.W, h) + self.b
+        return p.squeeze(1) if squeeze else p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.preactivation(x))
 
     def _check(self, x: Tensor) -> bool:
         I, n = self.n_instances, self.n_features
