@@ -1,5 +1,6 @@
 """Pure computations on models, batches and matrices: kernels, operators and spectra."""
 
+from metrics.alignment import centered_alignment, channel_blocks
 from metrics.coalitions import (
     TreeDecomposition,
     UpdateGame,
@@ -168,4 +169,7 @@ __all__ = [
     "TraitJacobian",
     "g_matrix",
     "GMatrix",
+    # per-channel eNTK blocks and their centred alignment with a feature
+    "channel_blocks",
+    "centered_alignment",
 ]
