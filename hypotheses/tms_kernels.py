@@ -1,21 +1,32 @@
-"""Shared computations of the TMS claims T1 and T2 (one place, cached per worker process).
+"""Shared computations of the TMS claims T1, T2 (v1, superseded) and T1′, T2′ (v2).
 
-For a ``lin2025_tms_*`` preset and seed: the trained run, its fixed dataset (the probe set),
-the ground truth, and the top 2n eigenpairs of the importance-rescaled flattened eNTK
-K_β = D^{β/2} Θ D^{β/2} (channel-major (input, channel) rows; ``metrics.operators``) of the
-trained network, of the same network at initialisation, and of the hand-built orthogonal
-solution (``testbeds.tms.orthogonal_solution``, every feature represented) on the same inputs.
+For a ``lin2025_tms_*`` preset and seed: the trained run, its fixed dataset (the probe set)
+and the ground truth of the trained network.
+
+* v1 (T1, T2): the top 2n eigenpairs of the importance-rescaled flattened eNTK
+  K_β = D^{β/2} Θ D^{β/2} (channel-major (input, channel) rows; ``metrics.operators``) of the
+  trained network, of the same network at initialisation, and of the hand-built identity
+  solution with m = n (``testbeds.tms.identity_solution(n, n)``: every feature represented,
+  exact 0/1 weights, no gate on a kink) on the same inputs.
+* v2 (T1′, T2′): the per-channel alignments ρ_c of the (c, c) blocks of the unscaled
+  flattened eNTK with the channels' own features (:func:`feature_alignments`), for the trained
+  network, the network at initialisation and four hand-built networks at the preset's size
+  (:data:`PLANTED`); the count of features the eNTK sees (:func:`alignment_count`) and the
+  AUROC of ρ for "channel c is represented" (:func:`represented_auroc`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from leaderboard.records import results_dir
+from metrics.alignment import centered_alignment, channel_blocks
 from metrics.eigensolvers import Eigenpairs, top_eigenpairs
 from metrics.operators import EntkOperator, channel_scale
 from metrics.spectra import largest_cliff, spectral_cliffs
@@ -61,7 +72,7 @@ def model_of(s: Setting, which: str) -> tms.TMSModel:
     if which == "init":
         return s.run.model_at(0)
     if which == "planted":
-        return tms.orthogonal_solution(s.n, s.n)
+        return tms.identity_solution(s.n, s.n)
     raise ValueError(f"which must be one of {MODELS}, got which={which!r}")
 
 
@@ -110,6 +121,98 @@ def channel_baseline(truth: tms.GroundTruth) -> torch.Tensor:
     return blocks.reshape(n * N, n)[:, truth.represented]
 
 
+# ---- T1′ and T2′ (claims v2, part 1) --------------------------------------------------------
+V2_SEEDS = (0, 1, 2, 3, 4, 5)
+CONFIRMATORY_SEEDS = (3, 4, 5)  # never looked at before v2 was registered (SCIENCE.md rule 10)
+DIAGNOSTIC_NOTE = "seed spent diagnosing v1; not confirmatory"
+PLANTED_NOTE = "hand-built networks on this seed's inputs; never gating here (tests/ gate them)"
+PLANTED = ("identity_dead", "identity_alive", "antipodal_dead", "antipodal_alive")
+V2_CASES = [
+    pytest.param(preset, seed, marks=pytest.mark.xdist_group(f"tms-{preset}-{seed}"))
+    for preset in PRESETS
+    for seed in V2_SEEDS
+]
+
+
+def role_of(seed: int) -> dict[str, str]:
+    """Record role and note of a v2 seed: gating on the confirmatory seeds, else diagnostic."""
+    if seed in CONFIRMATORY_SEEDS:
+        return {"role": "gating", "note": ""}
+    return {"role": "diagnostic", "note": DIAGNOSTIC_NOTE}
+
+
+def planted_model(config: tms.Config, kind: str) -> tms.TMSModel:
+    """A hand-built network at the preset's size (n, m), ``kind`` one of :data:`PLANTED`.
+
+    Identity: the m most important features, one hidden dimension each (r = m). Antipodal:
+    P = min(m, ⌊(n − 1)/2⌋) pairs, so that at least one channel stays unrepresented (T2′'s
+    AUROC needs both classes and T1′'s position ranges over 1 … n − 1): 10 pairs (r = 20) at
+    m = 10, 24 pairs (r = 48) at m = 40. Unrepresented channels dead or alive
+    (``testbeds.tms.hand_built``).
+    """
+    if kind not in PLANTED:
+        raise ValueError(f"kind must be one of {PLANTED}, got kind={kind!r}")
+    solution, unrepresented = kind.split("_")
+    n, m = config.n_features, config.n_hidden
+    if solution == "identity":
+        return tms.identity_solution(n, m, unrepresented)
+    return tms.antipodal_solution(n, m, unrepresented, n_pairs=min(m, (n - 1) // 2))
+
+
+def feature_alignments(model: tms.TMSModel, inputs: torch.Tensor) -> torch.Tensor:
+    """ρ_c for every output channel c, (n,) float64: the centred alignment
+    (``metrics.alignment.centered_alignment``) of the (c, c) block of the unscaled flattened
+    eNTK of all parameters (W and b) over ``inputs`` (N, n) with the feature column x_{·c}.
+    ρ_c = 0 where the block is zero after centring (a dead channel: no gradient reaches it)."""
+    return centered_alignment(channel_blocks(model, inputs), inputs.T)
+
+
+def alignment_count(rho: torch.Tensor) -> int:
+    """T1′'s count: sort ρ decreasingly; the position i (number of channels above the drop) of
+    the largest ratio ρ_(i)/ρ_(i+1), i = 1 … n − 1 (the top n are all n channels).
+
+    Values below 10⁻¹² ρ_(1) — the zeros of dead channels, and negative round-off (a block is
+    positive semi-definite, so ρ ≥ 0) — are raised to 10⁻¹² ρ_(1), the floor of
+    ``metrics.spectra.spectral_cliffs``: the drop from the last positive ρ to a zero is then
+    a ratio of about 10¹² and a run of zeros gives ratios of 1. Ties go to the smallest i; if
+    no ρ is positive the count is 0.
+    """
+    values = torch.sort(rho.double(), descending=True).values
+    if not values[0] > 0:
+        return 0
+    return largest_cliff(values, top=len(values))
+
+
+def represented_auroc(rho: torch.Tensor, represented: torch.Tensor) -> float:
+    """T2′'s score: AUROC of ρ_c for "channel c is represented" (ties count ½; chance 0.5);
+    NaN when every channel is in one class."""
+    labels = represented.bool().numpy()
+    if labels.all() or not labels.any():
+        return math.nan
+    return float(roc_auc_score(labels, rho.double().numpy()))
+
+
+@lru_cache(maxsize=32)
+def preset_inputs(preset: str, seed: int) -> torch.Tensor:
+    """The preset's fixed dataset of ``seed`` (N, n), without training anything."""
+    return tms.probe_inputs(tms.preset(preset), seed)
+
+
+@lru_cache(maxsize=256)
+def alignments(preset: str, seed: int, which: str) -> torch.Tensor:
+    """ρ (n,) of the trained / init network of (preset, seed), or of a hand-built network
+    (:data:`PLANTED`, no training needed) on the seed's inputs."""
+    if which in PLANTED:
+        model = planted_model(tms.preset(preset), which)
+    else:
+        model = model_of(setting(preset, seed), which)
+    return feature_alignments(model, preset_inputs(preset, seed))
+
+
+def planted_truth(preset: str, seed: int, kind: str) -> tms.GroundTruth:
+    return tms.ground_truth(planted_model(tms.preset(preset), kind), preset_inputs(preset, seed))
+
+
 # ---- plot -------------------------------------------------------------------------------------
 def plot_spectrum(preset: str, seed: int) -> str:
     """Save the top-2n spectrum of K_β (trained and init) with the represented count, n and the
@@ -136,6 +239,37 @@ def plot_spectrum(preset: str, seed: int) -> str:
     ax.set_ylabel("λ_i / λ_1")
     ax.legend(fontsize=8)
     out = results_dir() / "plots" / f"t1_{preset}_seed{seed}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return str(out)
+
+
+def plot_alignments(preset: str, seed: int) -> str:
+    """Save the sorted ρ of the trained network, the network at initialisation and the
+    hand-built identity (dead) on the seed's inputs, with r and T1′'s count marked; returns the
+    file path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = setting(preset, seed)
+    floor = 1e-6  # zeros (dead channels) drawn at the floor of the log axis
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    index = torch.arange(1, s.n + 1)
+    for which, style in (("trained", "o-"), ("init", "x--"), ("identity_dead", ".:")):
+        rho = torch.sort(alignments(preset, seed, which), descending=True).values
+        ax.semilogy(index, rho.clamp_min(floor), style, ms=3, lw=1, label=which)
+    position = alignment_count(alignments(preset, seed, "trained"))
+    ax.axvline(s.truth.n_represented + 0.5, color="C2", lw=1.2, label="represented r (trained)")
+    ax.axvline(position + 0.5, color="k", ls=":", lw=1.2, label="largest ratio (trained)")
+    ax.set_title(f"{preset} seed {seed}: T1′ count {position}, r = {s.truth.n_represented}")
+    ax.set_xlabel("channel rank i (by ρ)")
+    ax.set_ylabel("ρ_(i)")
+    ax.legend(fontsize=8)
+    out = results_dir() / "plots" / f"t1v2_{preset}_seed{seed}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out, dpi=120)

@@ -1,27 +1,50 @@
-"""Falsifiability of the T1 and T2 statistics (SCIENCE.md §2): each can pass (planted
-positives) and each fails at initialisation.
+"""Falsifiability of the TMS statistics (SCIENCE.md §2 and rules 6–7).
 
-Planted positives: for T1, the hand-built orthogonal solution (every feature represented) with
-n = m = 10 on dense inputs, whose flattened eNTK has one dominant mode per output channel, so
-the cliff sits at n; for T2, a kernel whose top eigenvectors are the feature indicator columns.
-(The orthogonal solution is *not* a T2 positive: its top eigenvectors mix every feature's
-activations within a channel block. The claim records its T2 value beside every preset.)
+T1′ and T2′ (gating): the suite-wide gate. Each claim's own statistic functions run end to end
+in the registered regime — the presets' sizes (n = 50, m = 10 or 40), their fixed 500 inputs,
+the unscaled flattened eNTK's per-channel blocks — on the hand-built identity and antipodal
+networks with unrepresented channels dead and alive (``hypotheses.tms_kernels.planted_model``),
+which must pass (count = r exactly, AUROC 1.00), and on the same architecture at
+initialisation, which must fail.
+
+T1 and T2 (v1, superseded): their controls fail at initialisation; the remaining checks are unit
+tests of arithmetic on synthetic spectra and on a kernel built from the indicator columns, not
+planted positives (no hand-built network passes either v1 statistic at the presets' sizes).
 """
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from hypotheses.test_t1_tms_cliffs import T1_CONTROL_MIN_DISTANCE, T1_TOLERANCE
-from hypotheses.test_t2_tms_eigenspaces import T2_OVERLAP_MIN
+from hypotheses.test_t1_tms_cliffs import (
+    T1_CONTROL_MIN_DISTANCE,
+    T1_TOLERANCE,
+    T1V2_PLANTED_DISTANCE,
+    T1V2_TOLERANCE,
+)
+from hypotheses.test_t2_tms_eigenspaces import (
+    T2_OVERLAP_MIN,
+    T2V2_AUROC_MIN,
+    T2V2_PLANTED_AUROC,
+)
 from hypotheses.tms_kernels import (
     BETA,
+    CONFIRMATORY_SEEDS,
+    PLANTED,
+    PRESETS,
+    alignment_count,
+    alignments,
     channel_baseline,
     cliff_match,
     cliff_position,
+    feature_alignments,
     feature_overlap,
-    kernel_operator,
+    planted_truth,
+    preset_inputs,
+    represented_auroc,
     setting,
     spectrum,
 )
@@ -35,23 +58,12 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv(runs.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def test_cliff_position_and_match_on_planted_spectra():
+def test_cliff_position_and_match_on_synthetic_spectra():
     values = torch.cat([torch.linspace(10, 8, 7), torch.linspace(1, 0.5, 13)]).double()
     assert cliff_position(values, 10) == 7
     assert cliff_match(7, 7, 50) == (0, "represented")
     assert cliff_match(49, 19, 50) == (1, "total")
     assert cliff_match(30, 19, 50) == (11, "represented")
-
-
-def test_t1_passes_on_the_hand_built_orthogonal_solution():
-    config = tms.preset("lin2025_tms_m10_s0.3", n_features=10, n_points=100)
-    inputs = tms.probe_inputs(config, seed=0)
-    model = tms.orthogonal_solution(10, 10)
-    assert tms.ground_truth(model, inputs).n_represented == 10
-    values = top_eigenpairs(kernel_operator(model, inputs, config, BETA), 20).values
-    position = cliff_position(values, 10)
-    distance, _ = cliff_match(position, 10, 10)
-    assert distance <= T1_TOLERANCE, position
 
 
 @pytest.mark.slow
@@ -63,7 +75,9 @@ def test_t1_fails_at_initialisation():
     assert distance > T1_TOLERANCE and abs(init - s.truth.n_represented) >= T1_CONTROL_MIN_DISTANCE
 
 
-def test_t2_passes_on_a_kernel_built_from_the_features_and_not_on_noise():
+def test_t2_overlap_arithmetic_on_a_kernel_built_from_the_indicators():
+    """A unit test of T2's overlap arithmetic, not a planted positive: a kernel built from the
+    indicator columns themselves scores ≥ 0.99 and noise scores near chance."""
     config = tms.preset("lin2025_tms_m10_s0.9", n_features=12, n_points=60)
     inputs = tms.probe_inputs(config, seed=0)
     W = torch.eye(12)[:6] * 1.0  # features 0-5 represented, 6-11 not
@@ -87,3 +101,74 @@ def test_t2_fails_at_initialisation():
     s = setting(preset, seed)
     init = feature_overlap(spectrum(preset, seed, "init", BETA).vectors, s.truth)
     assert init < T2_OVERLAP_MIN
+
+
+# ---- T1′ and T2′: arithmetic of the count and the AUROC ----------------------------------------
+def test_alignment_count_and_auroc_arithmetic():
+    rho = torch.tensor([0.9, 0.5, 0.45, 0.05, 0.4]).double()
+    assert alignment_count(rho) == 4  # 0.4 / 0.05 = 8 beats 0.9 / 0.5
+    assert alignment_count(torch.tensor([0.9, 0.8, 0.7, 0.0, 0.0]).double()) == 3  # dead tail
+    assert alignment_count(torch.tensor([0.9, 0.0, 0.5, 0.05, 0.0]).double()) == 3
+    assert alignment_count(torch.tensor([0.3, 0.3, -1e-18, 0.0]).double()) == 2  # round-off
+    assert alignment_count(torch.zeros(5, dtype=torch.float64)) == 0
+    rho = torch.tensor([0.9, 0.0, 0.5, 0.45, 0.0, 0.05, 0.4]).double()
+    labels = torch.tensor([True, False, True, False, False, False, True])
+    assert represented_auroc(rho, labels) == pytest.approx(11 / 12)  # 0.4 below 0.45
+    tie = represented_auroc(torch.tensor([0.5, 0.5, 0.2]), torch.tensor([True, False, False]))
+    assert tie == pytest.approx(0.75)  # a tie counts one half
+    assert math.isnan(represented_auroc(rho, torch.ones(7, dtype=torch.bool)))
+
+
+# ---- T1′ and T2′: the gate -----------------------------------------------------------------------
+GATE_SEED = CONFIRMATORY_SEEDS[0]  # the inputs of a confirmatory seed; hand-built nets need no run
+
+
+def init_alignments(preset: str, seed: int) -> torch.Tensor:
+    """ρ of the preset's architecture at initialisation: the step-0 model ``train`` builds for
+    ``seed`` (its generator is seeded with seed + 1), on the seed's inputs."""
+    config = tms.preset(preset)
+    model = config.build_model()
+    model.reset_parameters(torch.Generator().manual_seed(seed + 1))
+    return feature_alignments(model, preset_inputs(preset, seed))
+
+
+def hand_built_answers(preset: str) -> dict[str, torch.Tensor]:
+    """Represented labels of the identity and antipodal networks at the preset's size."""
+    return {
+        kind: planted_truth(preset, GATE_SEED, kind).represented
+        for kind in ("identity_dead", "antipodal_dead")
+    }
+
+
+@pytest.mark.gate("T1′", "positive")
+@pytest.mark.parametrize("preset", PRESETS)
+def test_t1v2_counts_the_features_of_hand_built_networks(preset):
+    for kind in PLANTED:
+        r = planted_truth(preset, GATE_SEED, kind).n_represented
+        count = alignment_count(alignments(preset, GATE_SEED, kind))
+        assert abs(count - r) <= T1V2_PLANTED_DISTANCE <= T1V2_TOLERANCE, (kind, count, r)
+
+
+@pytest.mark.gate("T1′", "control")
+@pytest.mark.parametrize("preset", PRESETS)
+def test_t1v2_fails_at_initialisation(preset):
+    count = alignment_count(init_alignments(preset, GATE_SEED))
+    for kind, labels in hand_built_answers(preset).items():
+        assert abs(count - int(labels.sum())) > T1V2_TOLERANCE, (kind, count)
+
+
+@pytest.mark.gate("T2′", "positive")
+@pytest.mark.parametrize("preset", PRESETS)
+def test_t2v2_finds_the_features_of_hand_built_networks(preset):
+    for kind in PLANTED:
+        labels = planted_truth(preset, GATE_SEED, kind).represented
+        auroc = represented_auroc(alignments(preset, GATE_SEED, kind), labels)
+        assert auroc >= T2V2_PLANTED_AUROC >= T2V2_AUROC_MIN, (kind, auroc)
+
+
+@pytest.mark.gate("T2′", "control")
+@pytest.mark.parametrize("preset", PRESETS)
+def test_t2v2_fails_at_initialisation(preset):
+    rho = init_alignments(preset, GATE_SEED)
+    for kind, labels in hand_built_answers(preset).items():
+        assert represented_auroc(rho, labels) < T2V2_AUROC_MIN, kind
