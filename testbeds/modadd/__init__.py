@@ -25,6 +25,7 @@ from testbeds.modadd.ground_truth import (
     neuron_frequencies,
     restrict_to_frequencies,
 )
+from testbeds.modadd.hand_built import fourier_transformer
 from testbeds.modadd.models import ModAddMLP, ModAddTransformer
 from testbeds.modadd.train import (
     TESTBED,
@@ -71,6 +72,7 @@ __all__ = [
     "NeuronFrequencies",
     "ground_truth",
     "gromov_solution",
+    "fourier_transformer",
     "corruption_ground_truth",
     "mlp_neuron_mask",
     "circuit_norm",
