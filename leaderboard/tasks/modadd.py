@@ -11,9 +11,11 @@ conventions of claim H1 (``hypotheses/test_h1_fourier_circuits.py``):
   into at most k clusters, k = the number of distinct dominant frequencies among neurons with a
   clear one (≥ 50% of their Fourier power); score = ARI against the dominant frequency on those
   neurons, clipped at 0.
-* ``modadd_transformer.key_sum_modes`` (``lin2025_transformer``): k = 2|K| + 1 directions,
-  K the network's key frequencies; score = overlap with the sum family restricted to K,
-  divided by 2|K| (H1d's statistic). Chance (2|K| + 1)/p².
+* ``modadd_transformer.key_sum_modes`` (``lin2025_transformer``, the paper's network): k =
+  2|K| + 1 directions, K the network's key frequencies; score = overlap with the sum family
+  restricted to K, divided by 2|K| (H1d's statistic). Chance (2|K| + 1)/p². The network's
+  outputs, which the problem's loss and a method's readouts see, are its first p logits (its
+  unembedding's "=" row is never read; ``testbeds.modadd.ModAddTransformer``).
 
 Problems carry the four cyclic graphs of the input torus (``graphs[f]`` is the Laplacian of the
 cycles along which f stays constant, so its null space is the functions of f) and name the
