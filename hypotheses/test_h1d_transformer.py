@@ -10,9 +10,10 @@ part of H1 (``test_h1_fourier_circuits.py``); pre-registered in the foundation i
   eigenvectors (index 0 included) of the unembedding layer's kernel of the summed logits
   contain the sum family restricted to K: overlap / 2|K| ≥ 0.90. Control: the same network at
   initialisation, scored against the trained network's K. Chance (2|K| + 1)/p².
-* Role: exploratory — no hand-built transformer passes the statistic yet (SCIENCE.md rule 6),
-  so its records do not gate. ``H1D_ROLE`` is the one switch; ``GATING_CLAIMS`` and
-  ``EXPLORATORY_CLAIMS`` follow it.
+* Role: gating — the hand-built Fourier transformer (``testbeds/modadd/hand_built.py``) passes
+  the statistic end to end and the untrained network fails it (``tests/test_h1d_gate.py``,
+  SCIENCE.md rule 6). ``H1D_ROLE`` is the one switch ("exploratory" while no hand-built
+  transformer passes); ``GATING_CLAIMS`` and ``EXPLORATORY_CLAIMS`` follow it.
 
 Recorded beside H1d, per seed, with role "diagnostic" (never gating):
 
@@ -40,9 +41,10 @@ from metrics.entk import entk
 from metrics.spectra import eigh_sorted, orthonormal_basis, overlap_chance, subspace_overlap
 from testbeds import modadd
 
-# One switch: "exploratory" until a hand-built transformer passes the H1d statistic, then
-# "gating" (SCIENCE.md rule 6; tests/test_gate.py reads the declarations below).
-H1D_ROLE = "exploratory"
+# One switch: "gating" while a hand-built transformer passes the H1d statistic
+# (tests/test_h1d_gate.py), else "exploratory" (SCIENCE.md rule 6; tests/test_gate.py reads the
+# declarations below).
+H1D_ROLE = "gating"
 H1D_NOTE = "no hand-built transformer passes the statistic yet (see README)"
 GATING_CLAIMS = ("H1d",) if H1D_ROLE == "gating" else ()
 EXPLORATORY_CLAIMS = ("H1d",) if H1D_ROLE == "exploratory" else ()
