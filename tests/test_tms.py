@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from metrics import channel_blocks
 from testbeds import runs, tms
 
 TINY = tms.Config(n_features=6, n_hidden=3, sparsity=(0.5,), n_points=40, steps=30, log_every=5)
@@ -175,6 +176,26 @@ def test_ground_truth_of_a_hand_built_model():
     with pytest.raises(ValueError, match="single-instance"):
         tms.ground_truth(tms.TMSModel(4, 2, n_instances=2), torch.rand(6, 4))
     assert tms.represented(tms.TMSModel(4, 2, n_instances=2)).shape == (2, 4)
+
+
+def test_channel_blocks_in_closed_form_match_the_generic_metric():
+    model = tms.TMSModel(6, 3)
+    model.reset_parameters(torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model.b.copy_(torch.linspace(-0.2, 0.3, 6)[None])  # some gates on, some off
+    x = torch.rand(9, 6, generator=torch.Generator().manual_seed(0))
+    x[x < 0.3] = 0
+    closed = model.channel_blocks(x)
+    assert closed.shape == (6, 9, 9) and closed.dtype == torch.float64
+    torch.testing.assert_close(closed, channel_blocks(model, x), rtol=1e-10, atol=1e-12)
+    # the registered regime: a hand-built network at a preset's size on the preset's inputs
+    x = tms.probe_inputs(tms.preset("lin2025_tms_m10_s0.9"), seed=0)
+    planted = tms.antipodal_solution(50, 10, "alive")
+    torch.testing.assert_close(
+        planted.channel_blocks(x), channel_blocks(planted, x), rtol=1e-10, atol=1e-12
+    )
+    with pytest.raises(ValueError, match="single-instance"):
+        tms.TMSModel(6, 3, n_instances=2).channel_blocks(x)
 
 
 # ---- hand-built solutions ---------------------------------------------------------------------

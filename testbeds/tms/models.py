@@ -49,6 +49,39 @@ class TMSModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(self.preactivation(x))
 
+    def channel_blocks(self, x: Tensor) -> Tensor:
+        r"""The diagonal blocks of the flattened eNTK of a single-instance model, in closed form.
+
+        For inputs X (N, n), H = X Wᵀ (N, m), pre-activations p = H W + b and gates
+        g_c(x) = [p_c(x) > 0] (torch's ReLU′(0) = 0), the gradient of y_c = ReLU(p_c) is
+        g_c(x) (∂p_c/∂W = (Wx) e_cᵀ + W_c xᵀ, ∂p_c/∂b = e_c), so the (c, c) block of the
+        flattened eNTK of (W, b) is
+
+        .. math::  K_{cc}(x, x') = g_c(x)\,g_c(x')\,\bigl[h\cdot h' + (h\cdot W_c)\,x'_c
+                   + (h'\cdot W_c)\,x_c + \lVert W_c\rVert^2\,x\cdot x' + 1\bigr],
+
+        with h = W x. The same blocks as ``metrics.alignment.channel_blocks`` (tested), without
+        per-example Jacobians. Returns float64 (n, N, N).
+        """
+        if self.n_instances != 1 or x.dim() != 2 or x.shape[1] != self.n_features:
+            raise ValueError(
+                f"channel_blocks needs a single-instance model and inputs (N, {self.n_features}), "
+                f"got {self.n_instances} instances and inputs {tuple(x.shape)}"
+            )
+        W, b, X = self.W.detach()[0].double(), self.b.detach()[0].double(), x.detach().double()
+        H = X @ W.T  # (N, m)
+        U = H @ W  # (N, n): column c is h · W_c
+        gates = (U + b > 0).double()  # (N, n)
+        shared = H @ H.T + 1.0  # (N, N)
+        inner = X @ X.T  # (N, N)
+        norms = W.pow(2).sum(0)  # (n,)
+        out = torch.empty(self.n_features, len(X), len(X), dtype=torch.float64)
+        for c in range(self.n_features):
+            cross = torch.outer(U[:, c], X[:, c])
+            K = shared + cross + cross.T + norms[c] * inner
+            out[c] = K * torch.outer(gates[:, c], gates[:, c])
+        return out
+
     def _check(self, x: Tensor) -> bool:
         I, n = self.n_instances, self.n_features
         if x.dim() == 2 and I == 1 and x.shape[1] == n:
