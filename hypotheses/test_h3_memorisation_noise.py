@@ -48,6 +48,8 @@ from testbeds import modadd
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+GATING_CLAIMS = ("H3a", "H3b")  # see tests/test_gate.py
+
 PRESET = "doshi2023_mlp"
 SEEDS = (0, 1, 2)
 

@@ -18,8 +18,11 @@ import torch
 from hypotheses.test_h3_memorisation_noise import (
     H3A_CONTROL_RATIO_BAND,
     H3A_SNR_RATIO_MIN,
+    PRESET,
+    h3a_statistics,
     half_life,
     snr_ratio,
+    training_noise,
 )
 from metrics.noise import GradientNoise
 from testbeds import modadd, runs
@@ -156,3 +159,55 @@ def test_continue_training_is_deterministic_and_tracks():
         modadd.continue_training(model, NOISY, 0, steps=0, batch_size=8, track=track)
     with pytest.raises(ValueError, match="batch_size"):
         modadd.continue_training(model, NOISY, 0, steps=3, batch_size=0, track=track)
+
+
+# ---- the gate: H3a's own statistic on a hand-built network in the registered regime ----------
+# Logit scales of the planted network: 1 is Gromov's normalisation (mean correct-class logit 1);
+# 4 is about the mean correct-class logit of trained doshi2023_mlp (seed 0) at its H3a checkpoint.
+PLANTED_LOGIT_SCALES = (1.0, 4.0)
+
+
+@pytest.mark.gate("H3a", "positive")
+@pytest.mark.parametrize("logit_scale", PLANTED_LOGIT_SCALES)
+def test_h3a_passes_on_the_hand_built_memorisation_solution(logit_scale):
+    config, seed = modadd.preset(PRESET), 0
+    model = modadd.memorisation_solution(config, seed, logit_scale=logit_scale)
+    stats = h3a_statistics(model, config, seed)
+    assert stats["n_memorising"] == 2 * config.n_corrupted, stats["n_memorising"]
+    accuracy = stats["accuracy"]  # corrupted_true: the rule's label on memorised examples
+    assert accuracy["corrupted_true"] == 0.0, accuracy
+    assert all(accuracy[g] == 1.0 for g in ("train", "clean", "corrupted", "test")), accuracy
+    assert stats["ratio"] >= H3A_SNR_RATIO_MIN, stats["ratio"]
+    assert abs(math.log(stats["control_median"])) <= math.log(H3A_CONTROL_RATIO_BAND), stats
+
+
+@pytest.mark.gate("H3a", "control")
+def test_h3a_fails_at_initialisation():
+    """The untrained network, scored against the planted network's circuits (at
+    initialisation no neuron is generalising by its own IPR, so its own split is empty)."""
+    config, seed = modadd.preset(PRESET), 0
+    planted = modadd.corruption_ground_truth(
+        modadd.memorisation_solution(config, seed), config, seed
+    )["neuron_generalising"]
+    model = config.build_model()
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    assert not modadd.corruption_ground_truth(model, config, seed)["neuron_generalising"].any()
+    ratio = snr_ratio(training_noise(model, config, seed), model, planted)
+    assert ratio < H3A_SNR_RATIO_MIN, ratio
+
+
+def test_memorisation_solution_memorises_only_its_own_examples():
+    config, seed = NOISY.replace(width=64, loss="cross_entropy"), 0
+    model = modadd.memorisation_solution(config, seed).double()
+    y, corrupted = modadd.corrupted_labels(config, seed)
+    general = config.width - 2 * int(corrupted.sum())
+    x = modadd.probe_inputs(config).double()
+    with torch.no_grad():
+        memorising = model.layer2.weight[:, general:] @ (
+            (model.layer1.weight[general:] @ x.T / math.sqrt(2 * config.p)) ** 2
+        )  # (p, p²): the memorising circuit's logits, before the 1/width
+    off = memorising.abs().sum(0)[~corrupted]  # zero up to float64 round-off of u₊² − u₋²
+    assert off.max() <= 1e-12 * memorising.abs().max(), off.max()
+    assert (model(x).argmax(-1)[corrupted] == y[corrupted]).all()
+    with pytest.raises(ValueError, match="label_noise"):
+        modadd.memorisation_solution(config.replace(label_noise=0.0), seed)

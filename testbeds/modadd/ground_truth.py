@@ -12,6 +12,8 @@ Everything is indexed over all p² inputs in canonical order (i = a·p + b) and 
   concentration, so neurons without a clear frequency can be set aside.
 * :func:`gromov_solution` — Gromov (2023)'s analytic weights for the quadratic MLP, a planted
   positive whose circuits are known without training.
+* :func:`memorisation_solution` — Gromov's circuit plus one hand-built memorising neuron pair
+  per corrupted training label, the planted positive of the corrupted-label claims.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from testbeds.modadd.config import Config
 from testbeds.modadd.models import ModAddMLP, ModAddTransformer
 
 FAMILIES = ("a", "b", "sum", "difference")
@@ -238,3 +241,77 @@ def gromov_solution(p: int, width: int, seed: int = 0) -> ModAddMLP:
         model.layer1.weight.mul_(scale)
         model.layer2.weight.mul_(scale)
     return model.float()
+
+
+def memorisation_solution(
+    config: Config,
+    seed: int,
+    *,
+    logit_scale: float = 1.0,
+    memorised_margin: float = 2.0,
+    phase_seed: int = 0,
+) -> ModAddMLP:
+    """A quadratic MLP that generalises *and* memorises every corrupted label, built by hand.
+
+    For a corrupted-label config (``label_noise`` > 0, e.g. ``doshi2023_mlp``) and the run seed
+    that fixes which training labels are corrupted (:func:`~testbeds.modadd.corrupted_labels`):
+
+    * the **generalising circuit** is :func:`gromov_solution` on the first n − 2M neurons (M
+      corrupted examples), rescaled so that its mean correct-class logit is ``logit_scale``;
+    * the **memorising circuit** is one pair of neurons (j₊, j₋) per corrupted example
+      (aᵢ, bᵢ) with label yᵢ: W₁[j±, aᵢ] = 1, W₁[j±, p + bᵢ] = ±1, W₂[yᵢ, j±] = ±β. Its
+      contribution to logit yᵢ is β (u₊² − u₋²)/n = 4β δ(a, aᵢ) δ(b, bᵢ) / (2p n): exactly zero
+      on every other input, and on its own example just enough to put logit yᵢ
+      ``memorised_margin`` × ``logit_scale`` above the generalising circuit's best logit.
+
+    What is known without training: accuracy 1.0 on clean training, test and corrupted
+    (memorised) examples; the first n − 2M neurons carry one frequency each (Fourier IPR 1,
+    "generalising") and the last 2M carry delta weights (IPR 1/K, "memorising"); each memorising
+    pair's per-example gradients are non-zero only on the 2p − 1 inputs that share an operand
+    with its example, while the generalising circuit's are non-zero on every input. Quadratic
+    units have no kinks. The planted positive of claim H3a.
+    """
+    from testbeds.modadd.train import corrupted_labels, pairs  # train imports this module
+
+    if config.arch != "mlp" or config.activation != "quadratic":
+        raise ValueError(
+            f"config must be the quadratic MLP, got arch={config.arch!r}, "
+            f"activation={config.activation!r}"
+        )
+    if config.label_noise <= 0:
+        raise ValueError(f"label_noise must be > 0, got label_noise={config.label_noise}")
+    p, width = config.p, config.width
+    labels, corrupted = corrupted_labels(config, seed)
+    memorised = torch.nonzero(corrupted).flatten()
+    general = width - 2 * len(memorised)
+    if general < n_frequencies(p):
+        raise ValueError(
+            f"width must be ≥ 2·(corrupted examples) + (p-1)/2 = "
+            f"{2 * len(memorised) + n_frequencies(p)}, got width={width}"
+        )
+    gromov = gromov_solution(p, general, seed=phase_seed).double()
+    # ModAddMLP divides by its width: rescale the Gromov weights (cubic in the logit) to width n
+    factor = (width / general * logit_scale) ** (1 / 3)
+    w1 = torch.zeros(width, 2 * p, dtype=torch.float64)
+    w2 = torch.zeros(p, width, dtype=torch.float64)
+    w1[:general] = gromov.layer1.weight * factor
+    w2[:, :general] = gromov.layer2.weight * factor
+    model = ModAddMLP(p, width, "quadratic").double()
+    a, b = pairs(p)
+    with torch.no_grad():
+        model.layer1.weight.copy_(w1)
+        model.layer2.weight.copy_(w2)
+        rule = model(ModAddMLP.encode(a, b, p).double())  # (p², p) the generalising logits
+    for j, i in enumerate(memorised.tolist()):
+        # raise logit yᵢ to the rule's best logit plus the margin, on example i alone
+        peak = rule[i].max() - rule[i, labels[i]] + memorised_margin * logit_scale
+        beta = peak * width * 2 * p / 4  # 4β/(2p·n) = peak
+        for sign, unit in ((1.0, general + 2 * j), (-1.0, general + 2 * j + 1)):
+            w1[unit, a[i]] = 1.0
+            w1[unit, p + b[i]] = sign
+            w2[labels[i], unit] = sign * beta
+    model = ModAddMLP(p, width, "quadratic")
+    with torch.no_grad():
+        model.layer1.weight.copy_(w1)
+        model.layer2.weight.copy_(w2)
+    return model
