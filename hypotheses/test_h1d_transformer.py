@@ -29,7 +29,8 @@ Recorded beside H1d, per seed, with role "diagnostic" (never gating):
   is ≥ 3× uniform (3/14), with its initialisation control.
 
 Every record of a seed carries, in ``extra``, K, each key frequency's share, the restricted K,
-the final test accuracy and the training time.
+each key frequency's part of H1d (its sum pair's overlap with the top 2|K| + 1 eigenvectors, / 2;
+their mean is H1d), the final test accuracy and the training time.
 """
 
 from __future__ import annotations
@@ -82,6 +83,22 @@ def key_sum_overlap(kernel: torch.Tensor, key: torch.Tensor, p: int) -> float:
     family = modadd.restrict_to_frequencies(modadd.fourier_family(p, "sum"), key)
     basis = orthonormal_basis(family, center=True)
     return subspace_overlap(vectors[:, : 2 * len(key) + 1], basis) / (2 * len(key))
+
+
+def sum_overlap_per_frequency(kernel: torch.Tensor, key: torch.Tensor, p: int) -> dict[int, float]:
+    """For each k in K, the overlap of the kernel's top 2|K|+1 eigenvectors with the centred sum
+    pair cos(k(a+b)), sin(k(a+b)), divided by 2. The pairs are orthogonal, so the mean over K is
+    :func:`key_sum_overlap`."""
+    _, vectors = eigh_sorted(kernel)
+    top = vectors[:, : 2 * len(key) + 1]
+    family = modadd.fourier_family(p, "sum")
+    return {
+        int(k): subspace_overlap(
+            top, orthonormal_basis(modadd.restrict_to_frequencies(family, [k]), center=True)
+        )
+        / 2
+        for k in key.tolist()
+    }
 
 
 def axis_sum_family(p: int, key: torch.Tensor) -> torch.Tensor:
@@ -143,6 +160,9 @@ def test_h1d_transformer_key_frequency_sum_modes(preset, seed, record):
         "key_shares": {str(k): round(float(shares[k - 1]), 4) for k in key.tolist()},
         "uniform_share": uniform,
         "strong_key_frequencies": strong.tolist(),
+        "sum_overlap_per_key_frequency": {
+            str(k): round(v, 4) for k, v in sum_overlap_per_frequency(kernel, key, p).items()
+        },
         "test_acc": test_acc,
         "train_seconds": float(run.meta["seconds"]),
     }

@@ -19,6 +19,7 @@ from hypotheses.test_h1d_transformer import (
     key_axis_sum_overlap,
     key_shares,
     key_sum_overlap,
+    sum_overlap_per_frequency,
 )
 from metrics.spectra import orthonormal_basis
 from testbeds import modadd
@@ -112,3 +113,16 @@ def test_h1d_fails_for_an_untrained_transformer(preset):
     model = modadd.preset(preset).build_model()
     model.reset_parameters(torch.Generator().manual_seed(0))
     assert h1d_statistic(model, KEY) < H1D_KEY_SUM_MIN
+
+
+def test_per_frequency_parts_average_to_h1d():
+    """Each key frequency's part of H1d: 1 for the planted frequencies, near 0 for one whose sum
+    pair is missing from the kernel, and the mean over K is the H1d statistic."""
+    kernel = _sum_kernel_at(torch.tensor([3, 7]))
+    parts = sum_overlap_per_frequency(kernel, KEY, P)
+    assert list(parts) == KEY.tolist()
+    assert parts[3] > 0.999 and parts[7] > 0.999 and parts[12] < 0.05
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(P * P, 60, generator=g, dtype=torch.float64)
+    parts = sum_overlap_per_frequency(X @ X.T, KEY, P)
+    assert math.isclose(sum(parts.values()) / len(KEY), key_sum_overlap(X @ X.T, KEY, P))
