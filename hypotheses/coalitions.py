@@ -3,9 +3,9 @@
 Players are parameter units: for the quadratic MLP its hidden neurons (row j of ``layer1`` and
 column j of ``layer2``); for the transformer its attention heads (their rows of W_Q, W_K, W_V
 and columns of W_O) and its MLP neurons (row j of ``mlp_in``, and its bias j where the
-network has MLP biases, column j of ``mlp_out``). The transformer's embeddings, positional embedding and unembedding belong to no
-unit; they stay at θ_t in every coalition, and the loss decrease of the whole update is
-recorded beside v(all units).
+network has MLP biases, column j of ``mlp_out``). The transformer's embeddings, positional
+embedding and unembedding belong to no unit; they stay at θ_t in every coalition, and the loss
+decrease of the whole update is recorded beside v(all units).
 
 Trees are built once per run, at its final checkpoint, and held fixed (:func:`unit_trees`,
 cached on disk with the trajectory cache):

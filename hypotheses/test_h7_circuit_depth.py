@@ -183,6 +183,12 @@ def test_h7_transformer_recorded(seed, record):
     v_update = metric_series(frame, "v_update")
     extra["v_update_first_last"] = [float(v_update.iloc[0]), float(v_update.iloc[-1])]
     common = dict(
-        claim="H7 (recorded)", testbed=modadd.TESTBED, preset=TRANSFORMER, seed=seed, config=config
+        claim="H7",
+        testbed=modadd.TESTBED,
+        preset=TRANSFORMER,
+        seed=seed,
+        config=config,
+        role="diagnostic",
+        note="transformer: recorded and plotted, never gating",
     )
     record_verdict(record, verdict, extra, common, growth=False)
