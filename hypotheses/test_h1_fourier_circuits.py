@@ -336,6 +336,36 @@ H1C_PRIME_SEEDS = [
 ]
 
 
+def record_h1c_prime(record, run, real, control, extra, preset, role, note) -> None:
+    """H1c′'s two records: the trained ARI (control beside it) and the initialisation's."""
+    common = dict(
+        claim="H1c′",
+        testbed="modadd",
+        preset=preset,
+        seed=run.seed,
+        config=run.config,
+        chance=0.0,
+        extra=extra,
+        role=role,
+        note=note,
+    )
+    record(
+        statistic="ari_neuron_frequency_centred",
+        value=real,
+        threshold=H1C_PRIME_ARI_MIN,
+        comparison=">=",
+        control_value=control,
+        **common,
+    )
+    record(
+        statistic="control_init_ari_centred",
+        value=control,
+        threshold=H1C_PRIME_CONTROL_ARI_MAX,
+        comparison="<=",
+        **common,
+    )
+
+
 def _role(seed: int) -> dict[str, str]:
     if seed in CONFIRMATORY_SEEDS:
         return {"role": "gating", "note": ""}
@@ -359,31 +389,7 @@ def test_h1c_prime_circuits_from_centred_unit_kernels(seed, record):
         "true_clusters": int(truth.dominant[clear].unique().numel()),
         "test_acc": float(run.log["test_acc"].iloc[-1]),
     }
-    common = dict(
-        claim="H1c′",
-        testbed="modadd",
-        preset=MLP_PRESET,
-        seed=seed,
-        config=run.config,
-        chance=0.0,
-        extra=extra,
-        **_role(seed),
-    )
-    record(
-        statistic="ari_neuron_frequency_centred",
-        value=real,
-        threshold=H1C_PRIME_ARI_MIN,
-        comparison=">=",
-        control_value=control,
-        **common,
-    )
-    record(
-        statistic="control_init_ari_centred",
-        value=control,
-        threshold=H1C_PRIME_CONTROL_ARI_MAX,
-        comparison="<=",
-        **common,
-    )
+    record_h1c_prime(record, run, real, control, extra, preset=MLP_PRESET, **_role(seed))
     record.assert_passed(extra)
 
 
@@ -414,29 +420,5 @@ def test_h1c_prime_on_transformer_mlp_neurons(seed, record):
         "true_clusters": int(truth.dominant[scored].unique().numel()),
         "test_acc": float(run.log["test_acc"].iloc[-1]),
     }
-    common = dict(
-        claim="H1c′",
-        testbed="modadd",
-        preset=TRANSFORMER_PRESET,
-        seed=seed,
-        config=run.config,
-        chance=0.0,
-        extra=extra,
-        role="diagnostic",
-        note="second architecture, recorded and never gating",
-    )
-    record(
-        statistic="ari_neuron_frequency_centred",
-        value=real,
-        threshold=H1C_PRIME_ARI_MIN,
-        comparison=">=",
-        control_value=control,
-        **common,
-    )
-    record(
-        statistic="control_init_ari_centred",
-        value=control,
-        threshold=H1C_PRIME_CONTROL_ARI_MAX,
-        comparison="<=",
-        **common,
-    )
+    note = "second architecture, recorded and never gating"
+    record_h1c_prime(record, run, real, control, extra, TRANSFORMER_PRESET, "diagnostic", note)
