@@ -46,6 +46,7 @@ import copy
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -65,7 +66,15 @@ def _quiet_jit():
         yield
 
 
-with _quiet_jit():
+def _linear_operators():
+    """curvlinops' Hessian and GGN operator classes, imported on first use so that the rest of
+    ``metrics`` loads where curvlinops is not installed."""
+    with _quiet_jit():
+        from curvlinops import GGNLinearOperator, HessianLinearOperator
+    return HessianLinearOperator, GGNLinearOperator
+
+
+if TYPE_CHECKING:
     from curvlinops import GGNLinearOperator, HessianLinearOperator
 
 LOSSES = ("mse", "cross_entropy")
@@ -142,7 +151,8 @@ def hessian_operator(
         batch_size: examples per forward/backward pass (does not change the result).
         dtype: arithmetic precision (float64 so that Lanczos reaches tight tolerances).
     """
-    return _build(HessianLinearOperator, model, loss, inputs, targets, params, batch_size, dtype)
+    hessian_class, _ = _linear_operators()
+    return _build(hessian_class, model, loss, inputs, targets, params, batch_size, dtype)
 
 
 def gauss_newton_operator(
@@ -157,7 +167,8 @@ def gauss_newton_operator(
 ) -> CurvatureOperator:
     """The Gauss–Newton matrix G = (1/N) Σ J_nᵀ H_n J_n (P, P); arguments as
     :func:`hessian_operator`."""
-    return _build(GGNLinearOperator, model, loss, inputs, targets, params, batch_size, dtype)
+    _, ggn_class = _linear_operators()
+    return _build(ggn_class, model, loss, inputs, targets, params, batch_size, dtype)
 
 
 class GaussNewtonOperator:
