@@ -29,10 +29,10 @@ from leaderboard.records import claims_frame, markdown, read, records_path, resu
 from leaderboard.runner import evaluate
 from leaderboard.table import aggregate, leaderboard_display, leaderboard_frame
 from leaderboard.wandb_log import MODES, log_run
-from testbeds import modadd, tms
+from testbeds import lm, modadd, tms
 from testbeds.runs import git_sha
 
-TESTBEDS = {"modadd": modadd, "tms": tms}
+TESTBEDS = {"lm": lm, "modadd": modadd, "tms": tms}
 BASELINES = ("random", "activation_pca")  # always run, so every table has its reference rows
 DEFAULT_SEEDS = 3
 

@@ -584,7 +584,14 @@ def test_cli_rejects_unknown_names(capsys):
 def test_cli_list_shows_everything(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("lin2025_mlp", "elhage2022", "qdg", "tms_features.m40_s0.9"):
+    for name in (
+        "lin2025_mlp",
+        "nanda2023_p29",
+        "elhage2022",
+        "lm_rl",
+        "qdg",
+        "tms_features.m40_s0.9",
+    ):
         assert name in out
     assert "test_h1_fourier_circuits.py" in out
 
