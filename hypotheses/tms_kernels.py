@@ -242,7 +242,14 @@ def plot_spectrum(preset: str, seed: int) -> str:
     ax.set_xlabel("eigenvalue index i")
     ax.set_ylabel("λ_i / λ_1")
     ax.legend(fontsize=8)
-    out = results_dir() / "plots" / f"t1_{preset}_seed{seed}.png"
+    return save_figure(fig, f"t1_{preset}_seed{seed}.png")
+
+
+def save_figure(fig, name: str) -> str:
+    """Write ``fig`` to ``results/plots/<name>``, close it and return the path."""
+    import matplotlib.pyplot as plt
+
+    out = results_dir() / "plots" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -273,9 +280,4 @@ def plot_alignments(preset: str, seed: int) -> str:
     ax.set_xlabel("channel rank i (by ρ)")
     ax.set_ylabel("ρ_(i)")
     ax.legend(fontsize=8)
-    out = results_dir() / "plots" / f"t1v2_{preset}_seed{seed}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return str(out)
+    return save_figure(fig, f"t1v2_{preset}_seed{seed}.png")
