@@ -55,8 +55,6 @@ CURVATURE_EXAMPLES = 32  # training examples of the Gauss–Newton and whitened 
 CURVATURE_SEED = 7000  # + seed: which training examples
 RANDOM_TREE_SEED = 8000  # + seed: the control tree
 PAIR_EVERY = 3  # every third consecutive checkpoint pair, plus the last one
-TREES_VERSION = "1"
-DEPTH_VERSION = "1"
 
 
 def players(model: nn.Module) -> list[UnitSpec]:
@@ -134,7 +132,7 @@ def unit_trees(run: Run, kinds: tuple[str, ...] = TREE_KINDS) -> dict[str, Tree]
             run,
             encoded,
             name=f"coalition-tree-{kind}",
-            version=f"{TREES_VERSION}-{CURVATURE_EXAMPLES}",
+            version=str(CURVATURE_EXAMPLES),
             steps=[run.steps[-1]],
             progress=False,
         )
@@ -181,7 +179,6 @@ def depth_profiles(run: Run, trees: dict[str, Tree] | None = None, workers: int 
         run,
         metric,
         name="coalition-depth",
-        version=f"{DEPTH_VERSION}-{TREES_VERSION}",
         steps=pair_starts(run),
         workers=workers,
     )

@@ -47,10 +47,6 @@ SPARSE_TMS_PRESET = "lin2025_tms_m10_s0.9"  # m = 10 < n = 50 with S = 0.9: supe
 LM_PRESET = "lm_pretrain"
 THIN_EVERY = 3  # transformer and LM: every third checkpoint (plus the last)
 
-# the per-checkpoint metrics' versions: bump when a computation changes meaning
-RANK_VERSION = "1"
-MODADD_VERSION = "1"
-
 
 class PerExampleLoss(nn.Module):
     """A model and its loss as one network: packed examples (n, ...) → per-example loss (n, 1).
@@ -269,13 +265,10 @@ def trajectory(run: Run, preset: str):
             run,
             modadd_metrics(probe),
             name="modadd-kernels",
-            version=MODADD_VERSION,
             steps=steps,
             preset=preset,
         )
-    return map_checkpoints(
-        run, rank_metrics(probe), name="ranks", version=RANK_VERSION, steps=steps, preset=preset
-    )
+    return map_checkpoints(run, rank_metrics(probe), name="ranks", steps=steps, preset=preset)
 
 
 def plots_dir(claim: str):
