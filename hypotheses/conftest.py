@@ -1,7 +1,8 @@
 """Shared machinery of the claim checks: cached testbed runs and result records.
 
 * ``record`` (fixture) writes a :class:`leaderboard.Record` for a statistic, filling in the
-  provenance (config hash, git commit, versions, start time, duration, session id).
+  provenance (config hash, git commit, versions, start time, duration, session id, and the
+  requesting claim module with its code hash).
 * Trained runs come from the testbeds' disk cache, so xdist workers share them and a second
   ``pytest hypotheses/`` trains nothing.
 * At the end of a session the claims table of the newest records is written to
@@ -14,6 +15,7 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,8 +31,10 @@ from leaderboard.records import (
     results_dir,
 )
 from testbeds.runs import config_hash, git_sha, versions
+from testbeds.sources import source_hash
 
 RUN_ID_KEY = "ntkbench_run_id"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_configure(config):
@@ -59,31 +63,50 @@ class Recorder:
 
     ``record(claim=..., testbed=..., config=..., preset=..., seed=..., statistic=...,
     value=..., threshold=..., comparison=..., control_value=..., chance=..., extra=...)``
-    appends a Record (provenance filled in) and returns it; ``record.assert_passed()`` fails
-    the test, naming every *gating* statistic that missed its criterion. A record written with
-    ``role="superseded"``, ``"exploratory"`` or ``"diagnostic"`` (and a ``note`` saying why;
-    ``leaderboard.records.ROLES``) is kept with its own verdict but never fails the test.
+    appends a claim check (provenance filled in) and returns it; ``record.assert_passed()``
+    fails the test, naming every *gating* statistic that missed its criterion. A record written
+    with ``role="superseded"``, ``"exploratory"`` or ``"diagnostic"`` (and a ``note`` saying
+    why; ``leaderboard.records.ROLES``) is kept with its own verdict but never fails the test.
+    ``record(kind="diagnostic", role="diagnostic", ...)`` without ``threshold`` and
+    ``comparison`` records a value that has no criterion of its own.
+
+    ``source`` is the file of the claim module that asks (the ``record`` fixture passes the
+    requesting test's file): every record names it and carries its ``code_hash``, the source
+    hash of that module and every project module it imports.
     """
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, source: str | Path | None = None):
         self.run_id = run_id
         self.started = datetime.now(UTC).isoformat(timespec="seconds")
         self.clock = time.perf_counter()
         self.records: list[Record] = []
+        self.source = "" if source is None else _relative(Path(source))
+        self.code_hash = "" if source is None else source_hash(Path(source))
 
-    def __call__(self, *, config, value, threshold, comparison, **fields) -> Record:
+    def __call__(
+        self, *, config, value, threshold=None, comparison="", kind="claim", **fields
+    ) -> Record:
         value = float(value)
+        if kind == "claim":
+            criterion = dict(
+                threshold=float(threshold),
+                comparison=comparison,
+                passed=compare(value, comparison, threshold),
+            )
+        else:
+            criterion = dict(threshold=threshold, comparison=comparison, passed=None)
         rec = Record(
             value=value,
-            threshold=float(threshold),
-            comparison=comparison,
-            passed=compare(value, comparison, threshold),
+            kind=kind,
+            **criterion,
             config_hash=config_hash(config),
             git_sha=git_sha(),
             versions=versions(),
             started_at=self.started,
             seconds=time.perf_counter() - self.clock,
             run_id=self.run_id,
+            source=self.source,
+            code_hash=self.code_hash,
             **fields,
         )
         append(rec)
@@ -94,14 +117,23 @@ class Recorder:
         failed = [
             (r.claim, r.statistic, r.seed, round(r.value, 4))
             for r in self.records
-            if r.role == "gating" and not r.passed
+            if r.kind == "claim" and r.role == "gating" and not r.passed
         ]
         assert not failed, f"criteria not met: {failed} {context}".rstrip()
 
 
+def _relative(path: Path) -> str:
+    """``path`` relative to the repository root when it lies inside it."""
+    path = path.resolve()
+    try:
+        return path.relative_to(ROOT).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 @pytest.fixture
 def record(request) -> Recorder:
-    return Recorder(request.config._ntkbench_run_id)
+    return Recorder(request.config._ntkbench_run_id, request.path)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -127,7 +127,9 @@ def extra_of(frame, verdict, trees) -> dict:
 
 def record_verdict(record, verdict, extra, common, growth: bool) -> None:
     """H7a's ρ (and, with ``growth``, its last / first share) and H7b's height ratio, each
-    with the random tree's value beside it."""
+    with the random tree's value beside it; judged against its threshold unless ``common``
+    records diagnostics (``kind="diagnostic"``: values without a verdict)."""
+    judged = common.get("kind", "claim") == "claim"
     entk, random = verdict["entk"], verdict["random"]
     rows = [
         ("spearman_step_interaction_share", entk["spearman"], H7A_SPEARMAN_MIN, random["spearman"])
@@ -145,13 +147,13 @@ def record_verdict(record, verdict, extra, common, growth: bool) -> None:
         )
     )
     for statistic, value, threshold, control in rows:
+        criterion = dict(threshold=threshold, comparison=">=") if judged else {}
         record(
             statistic=statistic,
             value=value,
-            threshold=threshold,
-            comparison=">=",
             control_value=control,
             extra=extra,
+            **criterion,
             **common,
         )
 
@@ -188,6 +190,7 @@ def test_h7_transformer_recorded(seed, record):
         preset=TRANSFORMER,
         seed=seed,
         config=config,
+        kind="diagnostic",
         role="diagnostic",
         note="transformer: recorded and plotted, never gating",
     )

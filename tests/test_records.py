@@ -1,12 +1,25 @@
-"""Claim records carry a role: only gating records decide a verdict or fail a check."""
+"""Records: kinds (claim check, diagnostic, score), roles (only gating claim checks decide a
+verdict or fail a check), typed provenance, and older lines of the file."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from hypotheses.conftest import Recorder
-from leaderboard.records import ROLES, SUPERSEDED_V1, Record, claims_frame, read, records_path
+from leaderboard.records import (
+    ROLES,
+    SUPERSEDED_V1,
+    Record,
+    claims_frame,
+    from_row,
+    read,
+    records_path,
+    upgrade,
+)
 from testbeds.tms import Config as TMSConfig
 
 CONFIG = TMSConfig()
@@ -58,3 +71,136 @@ def test_records_written_before_roles_existed_count_as_gating():
     frame = claims_frame(old)
     assert frame["role"].tolist() == ["gating"] and frame["verdict"].tolist() == ["pass"]
     assert set(frame["role"]) <= set(ROLES)
+
+
+# -- kinds and typed provenance ------------------------------------------------------------------
+def test_kind_is_inferred_and_checked():
+    assert Record(seed=0, value=1.0, passed=True, **COMMON).kind == "claim"
+    score = Record(
+        claim="",
+        testbed="t",
+        preset="p",
+        seed=0,
+        statistic="task",
+        value=0.5,
+        method="m",
+        task="task",
+        chance=0.1,
+    )
+    assert score.kind == "score" and score.threshold is None and score.passed is None
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Record(seed=0, value=1.0, passed=True, kind="verdict", **COMMON)
+    with pytest.raises(ValueError, match="needs a threshold and a verdict"):
+        Record(
+            claim="X1", testbed="t", preset="p", seed=0, statistic="s", value=1.0, comparison=">="
+        )
+    with pytest.raises(ValueError, match="names its method"):
+        Record(claim="X1", testbed="t", preset="p", seed=0, statistic="s", value=1.0, kind="score")
+
+
+def test_a_diagnostic_has_no_criterion_and_never_gates():
+    base = dict(claim="X1", testbed="t", preset="p", seed=0, statistic="s", value=0.3)
+    diagnostic = Record(kind="diagnostic", role="diagnostic", **base)
+    assert (diagnostic.threshold, diagnostic.comparison, diagnostic.passed) == (None, "", None)
+    with pytest.raises(ValueError, match="no criterion or verdict"):
+        Record(kind="diagnostic", role="diagnostic", threshold=0.5, comparison=">=", **base)
+    with pytest.raises(ValueError, match="cannot gate"):
+        Record(kind="diagnostic", **base)
+
+    record = Recorder("run")
+    record(config=CONFIG, kind="diagnostic", role="diagnostic", note="beside X1", **base)
+    record.assert_passed()  # a diagnostic has no verdict to fail
+    for seed in (0, 1):
+        record(config=CONFIG, seed=seed, value=0.9, **COMMON)
+    frame = claims_frame(read())
+    row = frame[frame["statistic"] == "s"].set_index("role")
+    assert row.at["diagnostic", "verdict"] == "–" and row.at["diagnostic", "criterion"] == "–"
+    assert row.at["gating", "verdict"] == "pass" and row.at["gating", "criterion"] == ">= 0.5"
+
+
+def test_the_recorder_names_the_claim_module_and_its_code_hash(tmp_path):
+    module = tmp_path / "test_x1_claim.py"
+    module.write_text('"""X1."""\nimport metrics.spectra\n', encoding="utf-8")
+    first = Recorder("run", module)(config=CONFIG, seed=0, value=0.9, **COMMON)
+    assert first.source == module.resolve().as_posix() and len(first.code_hash) == 16
+    module.write_text('"""X1, edited."""\nimport metrics.spectra\n', encoding="utf-8")
+    second = Recorder("run", module)(config=CONFIG, seed=0, value=0.9, **COMMON)
+    assert second.code_hash != first.code_hash
+    written = read()
+    assert written["code_hash"].tolist() == [first.code_hash, second.code_hash]
+    # a claim module inside the repository is named relative to it
+    inside = Recorder("run", Path("hypotheses/test_h1_fourier_circuits.py"))
+    assert inside.source == "hypotheses/test_h1_fourier_circuits.py"
+
+
+OLD_LINES = [
+    # a claim check, a diagnostic named with the old " (recorded)" suffix, a leaderboard score
+    # whose threshold held its chance level and whose provenance sat in extra
+    dict(
+        claim="H7",
+        testbed="modadd",
+        preset="m",
+        seed=0,
+        statistic="rho",
+        value=0.7,
+        threshold=0.8,
+        comparison=">=",
+        passed=False,
+        role="gating",
+        method="",
+        started_at="2026-01-01T00:00:00",
+    ),
+    dict(
+        claim="H7 (recorded)",
+        testbed="modadd",
+        preset="t",
+        seed=0,
+        statistic="rho",
+        value=0.4,
+        threshold=0.8,
+        comparison=">=",
+        passed=False,
+        role="gating",
+        method="",
+        started_at="2026-01-01T00:00:00",
+    ),
+    dict(
+        claim="",
+        testbed="modadd",
+        preset="m",
+        seed=0,
+        statistic="task",
+        value=0.5,
+        threshold=0.1,
+        comparison=">=",
+        passed=True,
+        chance=0.1,
+        method="pca",
+        task="task",
+        extra={"cache_key": "abc", "task_version": "2", "k": 4},
+        started_at="2026-01-01T00:00:00",
+    ),
+]
+
+
+def test_older_lines_load_with_a_kind_and_their_provenance_promoted():
+    records_path().write_text("\n".join(json.dumps(r) for r in OLD_LINES) + "\n")
+    frame = read().set_index("preset", drop=False)
+    assert frame["kind"].tolist() == ["claim", "diagnostic", "score"]
+    diagnostic = frame.loc["t"]
+    assert diagnostic["claim"] == "H7" and diagnostic["role"] == "diagnostic"
+    assert pd.isna(diagnostic["threshold"]) and diagnostic["comparison"] == ""
+    score = frame[frame["kind"] == "score"].iloc[0]
+    assert (score["cache_key"], score["task_version"]) == ("abc", "2")
+    assert pd.isna(score["threshold"]) and score["passed"] is None and score["chance"] == 0.1
+    assert (frame["code_hash"] == "").all()  # unknown for older lines, not invented
+
+    rebuilt = [from_row(row) for row in frame.to_dict("records")]
+    assert [r.kind for r in rebuilt] == ["claim", "diagnostic", "score"]
+    assert rebuilt[0].passed is False and rebuilt[1].threshold is None
+    assert from_row(json.loads(rebuilt[2].to_json())) == rebuilt[2]  # round trip
+
+    claims = claims_frame(read())
+    assert claims["claim"].tolist() == ["H7", "H7"]  # the score is not a claim
+    assert claims.set_index("preset")["verdict"].to_dict() == {"m": "FAIL", "t": "–"}
+    assert upgrade(OLD_LINES[1])["claim"] == "H7" and OLD_LINES[1]["claim"] == "H7 (recorded)"
