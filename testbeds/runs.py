@@ -132,6 +132,9 @@ class Run:
         meta: provenance — ``config_hash``, ``code_hash``, ``git_sha``, ``versions``,
             ``seconds`` (training time), ``created_at``.
         from_cache: whether this object was loaded rather than trained in this process.
+        stage: the training stage of a multi-stage testbed (``"rl"``, ``"sft"`` …), else "".
+        preset: the name of the preset the config came from (``custom-<config hash>`` for a
+            config that is not a preset).
     """
 
     testbed: str
@@ -141,6 +144,8 @@ class Run:
     log: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
     from_cache: bool = False
+    stage: str = ""
+    preset: str = ""
 
     @property
     def steps(self) -> list[int]:
@@ -150,16 +155,21 @@ class Run:
     def final_step(self) -> int:
         return self.steps[-1]
 
-    def model_at(self, step: int) -> nn.Module:
-        """A fresh model (eval mode) holding the weights of checkpoint ``step``."""
+    @property
+    def device(self) -> str:
+        """The device kind the run was trained on (``"cpu"``, ``"cuda:<GPU name>"``)."""
+        return self.meta.get("device", "cpu")
+
+    def model_at(self, step: int, device: str | torch.device = "cpu") -> nn.Module:
+        """A fresh model (eval mode) on ``device`` holding the weights of checkpoint ``step``."""
         if step not in self.checkpoints:
             raise ValueError(f"no checkpoint at step={step}; available steps: {self.steps}")
         model = self.config.build_model()
         model.load_state_dict(self.checkpoints[step])
-        return model.eval()
+        return model.to(device).eval()
 
-    def final_model(self) -> nn.Module:
-        return self.model_at(self.final_step)
+    def final_model(self, device: str | torch.device = "cpu") -> nn.Module:
+        return self.model_at(self.final_step, device)
 
 
 class RunStore:
@@ -244,7 +254,7 @@ class PartialSaver:
         self._last = time.monotonic()
 
 
-TrainFn = Callable[[Any, int, RunStore | None], dict[str, Any]]
+TrainFn = Callable[[Any, int, RunStore | None, torch.device], dict[str, Any]]
 
 
 def cached_run(
@@ -252,31 +262,54 @@ def cached_run(
     config: Any,
     seed: int,
     train_fn: TrainFn,
-    code_paths: Sequence[Path],
+    modules: Sequence[str],
     *,
+    stage: str = "",
+    preset: str = "",
+    device: str | torch.device | None = None,
     cache: bool = True,
     force: bool = False,
 ) -> Run:
-    """Load the run of ``(testbed, config, seed)`` from the cache, or train and cache it.
+    """Load the run of ``(testbed, stage, config, seed, device kind)`` from the cache, or train
+    and cache it.
 
-    ``train_fn(config, seed, store)`` returns a payload with ``checkpoints`` (step →
-    state_dict), ``log`` (column → list) and ``seconds``; it may resume from
-    ``store.load_partial()`` and save partial states through :class:`PartialSaver`.
+    ``train_fn(config, seed, store, device)`` returns a payload with ``checkpoints`` (step →
+    state_dict), ``log`` (column → list) and ``seconds``; it trains through
+    :class:`testbeds.loop.TrainLoop`, which resumes from ``store``'s partial state. The cache
+    key hashes the testbed, stage, config, seed, device kind, library versions and the source
+    of ``modules`` and of every project module they import (:func:`testbeds.sources.source_hash`).
     ``force=True`` retrains and overwrites; ``cache=False`` trains without touching disk.
     """
+    from testbeds.loop import device_kind, resolve_device
+    from testbeds.sources import source_hash
+
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got seed={seed!r}")
+    where = resolve_device(device)
+    kind = device_kind(where)
     cfg = config_dict(config)
-    chash = code_hash(code_paths)
+    chash = source_hash(*modules)
+    library = versions()
+    namespace = f"{testbed}_{stage}" if stage else testbed
     key = hashlib.sha256(
-        _canonical_json({"testbed": testbed, "config": cfg, "seed": seed, "code": chash}).encode()
+        _canonical_json(
+            {
+                "testbed": namespace,
+                "config": cfg,
+                "seed": seed,
+                "code": chash,
+                "device": kind,
+                "versions": library,
+            }
+        ).encode()
     ).hexdigest()[:24]
     meta = {
         "config_hash": config_hash(config),
         "code_hash": chash,
         "cache_key": key,
         "git_sha": git_sha(),
-        "versions": versions(),
+        "versions": library,
+        "device": kind,
     }
 
     def build(payload: dict[str, Any], from_cache: bool) -> Run:
@@ -289,14 +322,17 @@ def cached_run(
             log=pd.DataFrame(payload["log"]),
             meta={**payload["meta"], "cache_key": key},
             from_cache=from_cache,
+            stage=stage,
+            preset=preset or f"custom-{config_hash(config)}",
         )
 
     def train_payload(store: RunStore | None) -> dict[str, Any]:
         started = datetime.now(UTC).isoformat(timespec="seconds")
-        out = train_fn(config, seed, store)
+        out = train_fn(config, seed, store, where)
         out["meta"] = {
             **meta,
             "testbed": testbed,
+            "stage": stage,
             "seed": seed,
             "config": cfg,
             "seconds": out.pop("seconds"),
@@ -307,7 +343,7 @@ def cached_run(
     if not cache:
         return build(train_payload(None), from_cache=False)
 
-    store = RunStore(cache_dir() / "runs" / testbed, key)
+    store = RunStore(cache_dir() / "runs" / namespace, key)
     with store.locked():
         payload = None if force else store.load()
         if payload is not None:

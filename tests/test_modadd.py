@@ -454,7 +454,7 @@ def test_interrupted_training_resumes_to_identical_checkpoints(monkeypatch):
 
     def save_then_stop(self, make_state):
         real_save(self, make_state)
-        if make_state()["epoch"] == 6:
+        if make_state()["step"] == 6:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(runs.PartialSaver, "maybe_save", save_then_stop)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from testbeds import contract
+from testbeds.contract import choose
 from testbeds.lm.language import Language
 from testbeds.runs import default_checkpoints
 
@@ -242,7 +244,17 @@ PRESETS: dict[str, Config | RLConfig | SFTConfig | ContinueConfig] = {
 def preset(name: str, **overrides):
     """The named preset (a Config, RLConfig, SFTConfig or ContinueConfig), optionally with
     fields replaced (validated again)."""
-    if name not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got preset={name!r}")
-    config = PRESETS[name]
+    config = PRESETS[choose(name, PRESETS, "preset")]
     return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def resolve_config(config, types: type | tuple[type, ...]) -> tuple:
+    """(config, preset name) from a config of ``types`` or a preset name of one."""
+    config, name = contract.resolve_config(config, PRESETS, types, "lm")
+    types = types if isinstance(types, tuple) else (types,)
+    if not isinstance(config, types):
+        wanted = " or ".join(t.__name__ for t in types)
+        raise ValueError(
+            f"preset {name!r} is a {type(config).__name__}; this stage needs a {wanted}"
+        )
+    return config, name

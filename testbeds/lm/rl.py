@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import copy
 import math
-import time
-from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from testbeds.lm.config import ContinueConfig, RLConfig, SFTConfig
+from testbeds.lm.config import ContinueConfig, RLConfig, SFTConfig, resolve_config
 from testbeds.lm.language import Language
-from testbeds.lm.train import CODE_PATHS, TESTBED, next_token_loss, probe_prompts, train
-from testbeds.runs import PartialSaver, Run, RunStore, cached_run
+from testbeds.lm.train import MODULES, TESTBED, next_token_loss, probe_prompts, train
+from testbeds.loop import TrainLoop, cpu_state
+from testbeds.runs import Run, RunStore, cached_run
 
 PROBE_KL_SEED = 4242
 
@@ -64,7 +62,8 @@ def sample_continuations(
     seq = prompts
     for _ in range(gen_len):
         probs = torch.softmax(model(seq)[:, -1].double(), dim=-1)
-        seq = torch.cat([seq, torch.multinomial(probs, 1, generator=generator)], dim=1)
+        pick = torch.multinomial(probs.cpu(), 1, generator=generator)  # CPU generator
+        seq = torch.cat([seq, pick.to(seq.device)], dim=1)
     return seq
 
 
@@ -94,7 +93,7 @@ def sequence_kl(
     """KL(π(·|x) ‖ π_ref(·|x)) over ``gen_len``-token continuations, averaged over prompts:
     (estimate, standard error) from ``samples`` continuations per prompt, each scored by the
     exact next-token KL summed along its prefix. In nats per continuation."""
-    x = prompts.repeat_interleave(samples, dim=0)
+    x = prompts.repeat_interleave(samples, dim=0).to(next(policy.parameters()).device)
     seq = sample_continuations(policy, x, gen_len, generator)
     with torch.no_grad():
         p = continuation_log_probs(policy, seq, prompts.shape[1]).double()
@@ -158,15 +157,15 @@ def random_perturbation(
     with torch.no_grad():
         for name, p in out.named_parameters():
             delta = tuned_params[name].detach() - p
-            noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            noise = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
             scale = delta.norm() / noise.norm().clamp_min(1e-30)
             p.add_(noise * scale)
     return out
 
 
-def _reference_and_copy(base, seed: int) -> tuple[nn.Module, nn.Module]:
+def _reference_and_copy(base, seed: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """The pretrained run's final model, frozen (the reference), and a trainable copy."""
-    reference = train(base, seed).final_model()
+    reference = train(base, seed, device=device).final_model(device)
     for p in reference.parameters():
         p.requires_grad_(False)
     model = copy.deepcopy(reference).train()
@@ -175,96 +174,35 @@ def _reference_and_copy(base, seed: int) -> tuple[nn.Module, nn.Module]:
     return reference.eval(), model
 
 
-def _state(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _sample_prompts(config: RLConfig, generator: torch.Generator) -> Tensor:
+def _sample_prompts(config: RLConfig, generator: torch.Generator, device: torch.device) -> Tensor:
     language = config.base.language
-    return language.sample(config.prompts_per_step, config.prompt_len, generator)[0]
+    return language.sample(config.prompts_per_step, config.prompt_len, generator)[0].to(device)
 
 
-class _Loop:
-    """Shared bookkeeping of the fine-tuning loops: resumable state, checkpoints, log."""
-
-    def __init__(self, store: RunStore | None, model, optimizer, generators: dict):
-        self.store, self.model, self.optimizer, self.generators = (
-            store,
-            model,
-            optimizer,
-            generators,
-        )
-        self.checkpoints: dict[int, dict[str, Tensor]] = {}
-        self.log: dict[str, list] = {}
-        self.start, self.seconds = 0, 0.0
-        resumed = store.load_partial() if store is not None else None
-        if resumed is not None:
-            model.load_state_dict(resumed["model"])
-            optimizer.load_state_dict(resumed["optimizer"])
-            for name, g in generators.items():
-                g.set_state(resumed["generators"][name])
-            self.checkpoints = {int(k): v for k, v in resumed["checkpoints"].items()}
-            self.log, self.start = resumed["log"], resumed["step"]
-            self.seconds = resumed["seconds"]
-            self.extra = resumed.get("extra", {})
-        else:
-            self.extra = {}
-        self.saver = PartialSaver(store)
-        self.clock = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return self.seconds + time.perf_counter() - self.clock
-
-    def append(self, row: dict[str, float]) -> None:
-        for key in set(self.log) | set(row):
-            self.log.setdefault(key, [math.nan] * len(self.log.get("step", [])))
-        for key in self.log:
-            self.log[key].append(row.get(key, math.nan))
-
-    def maybe_save(self, next_step: int) -> None:
-        self.saver.maybe_save(
-            lambda: {
-                "step": next_step,
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "generators": {n: g.get_state() for n, g in self.generators.items()},
-                "checkpoints": self.checkpoints,
-                "log": self.log,
-                "seconds": self.elapsed(),
-                "extra": self.extra,
-            }
-        )
-
-    def payload(self) -> dict[str, Any]:
-        return {"checkpoints": self.checkpoints, "log": self.log, "seconds": self.elapsed()}
-
-
-def _train_rl(config: RLConfig, seed: int, store: RunStore | None) -> dict[str, Any]:
-    torch.set_flush_denormal(True)
-    reference, policy = _reference_and_copy(config.base, seed)
+def _train_rl(config: RLConfig, seed: int, store: RunStore | None, device: torch.device) -> dict:
+    reference, policy = _reference_and_copy(config.base, seed, device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
     prompts_g = torch.Generator().manual_seed(seed + 4)
     samples_g = torch.Generator().manual_seed(seed + 5)
-    loop = _Loop(store, policy, optimizer, {"prompts": prompts_g, "samples": samples_g})
-    rewarded = reward_tokens(config.base.language, config.reward)
-    B, G, P = config.prompts_per_step, config.group_size, config.prompt_len
-    keep = set(config.checkpoint_steps)
-    bar = tqdm(
-        range(loop.start, config.steps + 1),
-        initial=loop.start,
-        total=config.steps + 1,
+    loop = TrainLoop(
+        store,
+        policy,
+        optimizer,
+        generators={"prompts": prompts_g, "samples": samples_g},
+        total=config.steps,
+        keep=config.checkpoint_steps,
         desc=f"{TESTBED} rl seed={seed}",
-        disable=None,
     )
-    for step in bar:
-        if step in keep:
-            loop.checkpoints[step] = _state(policy)
+    rewarded = reward_tokens(config.base.language, config.reward).to(device)
+    B, G, P = config.prompts_per_step, config.group_size, config.prompt_len
+    for step in loop:
+        loop.checkpoint(step)
         row: dict[str, float] = {"step": step}
         if step % config.log_every == 0 or step == config.steps:
             kl, kl_se = probe_kl(policy, reference, config)
             row.update(probe_kl=kl, probe_kl_se=kl_se)
         if step < config.steps:
-            prompts = _sample_prompts(config, prompts_g).repeat_interleave(G, dim=0)
+            prompts = _sample_prompts(config, prompts_g, device).repeat_interleave(G, dim=0)
             seq = sample_continuations(policy, prompts, config.gen_len, samples_g)
             log_p = continuation_log_probs(policy, seq, P)
             with torch.no_grad():
@@ -281,36 +219,37 @@ def _train_rl(config: RLConfig, seed: int, store: RunStore | None) -> dict[str, 
             row.update(
                 stats, kl=kl_exact.item(), objective=stats["reward"] - config.beta * kl_exact.item()
             )
-            bar.set_postfix(reward=stats["reward"], kl=row["kl"], refresh=False)
+            loop.postfix(reward=stats["reward"], kl=row["kl"])
         loop.append(row)
-        loop.maybe_save(step + 1)
-    bar.close()
+        loop.save_partial(step + 1)
     return loop.payload()
 
 
-def _train_sft(config: SFTConfig, seed: int, store: RunStore | None) -> dict[str, Any]:
-    torch.set_flush_denormal(True)
+def _train_sft(config: SFTConfig, seed: int, store: RunStore | None, device: torch.device) -> dict:
     rl = config.rl
-    target = float(train_rl(rl, seed).log["probe_kl"].dropna().iloc[-1])
-    reference, policy = _reference_and_copy(rl.base, seed)
+    target = float(train_rl(rl, seed, device=device).log["probe_kl"].dropna().iloc[-1])
+    reference, policy = _reference_and_copy(rl.base, seed, device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
     prompts_g = torch.Generator().manual_seed(seed + 6)
     samples_g = torch.Generator().manual_seed(seed + 7)
-    loop = _Loop(store, policy, optimizer, {"prompts": prompts_g, "samples": samples_g})
-    rewarded = reward_tokens(rl.base.language, rl.reward)
+    loop = TrainLoop(
+        store,
+        policy,
+        optimizer,
+        generators={"prompts": prompts_g, "samples": samples_g},
+        total=config.max_steps,
+        desc=f"{TESTBED} sft seed={seed}",
+        first=1,
+    )
+    rewarded = reward_tokens(rl.base.language, rl.reward).to(device)
     B, G, P = rl.prompts_per_step, config.candidates, rl.prompt_len
     tau = config.temperature_ratio * rl.beta
-    if loop.start == 0:
-        loop.checkpoints[0] = _state(policy)
-        loop.extra = {"previous": (0, 0.0, _state(policy))}
-    bar = tqdm(
-        range(max(loop.start, 1), config.max_steps + 1),
-        desc=f"{TESTBED} sft seed={seed}",
-        disable=None,
-    )
+    if "previous" not in loop.extra:  # a fresh run: step 0 is the pretrained model
+        loop.checkpoint(0, force=True)
+        loop.extra["previous"] = (0, 0.0, cpu_state(policy))
     chosen = None
-    for step in bar:
-        prompts = _sample_prompts(rl, prompts_g).repeat_interleave(G, dim=0)
+    for step in loop:
+        prompts = _sample_prompts(rl, prompts_g, device).repeat_interleave(G, dim=0)
         seq = sample_continuations(reference, prompts, rl.gen_len, samples_g)
         r = trait_reward(seq[:, P:], rewarded).view(B, G)
         weights = torch.softmax(r / tau, dim=1)  # (B, G), self-normalised exp(r/τ)
@@ -327,19 +266,18 @@ def _train_sft(config: SFTConfig, seed: int, store: RunStore | None) -> dict[str
         if step % config.check_every == 0 or step == config.max_steps:
             kl, kl_se = probe_kl(policy, reference, rl)
             row.update(probe_kl=kl, probe_kl_se=kl_se, target_kl=target)
-            bar.set_postfix(kl=kl, target=target, refresh=False)
+            loop.postfix(kl=kl, target=target)
             prev_step, prev_kl, prev_state = loop.extra["previous"]
             if kl >= target or step == config.max_steps:
                 if kl >= target and abs(prev_kl - target) < abs(kl - target):
                     chosen = (prev_step, prev_kl, prev_state)
                 else:
-                    chosen = (step, kl, _state(policy))
+                    chosen = (step, kl, cpu_state(policy))
                 loop.append(row)
                 break
-            loop.extra["previous"] = (step, kl, _state(policy))
+            loop.extra["previous"] = (step, kl, cpu_state(policy))
         loop.append(row)
-        loop.maybe_save(step + 1)
-    bar.close()
+        loop.save_partial(step + 1)
     step, kl, state = chosen
     loop.checkpoints[step] = state
     loop.append(
@@ -353,72 +291,96 @@ def _train_sft(config: SFTConfig, seed: int, store: RunStore | None) -> dict[str
     return loop.payload()
 
 
-def _train_continue(config: ContinueConfig, seed: int, store: RunStore | None) -> dict[str, Any]:
-    torch.set_flush_denormal(True)
+def _train_continue(
+    config: ContinueConfig, seed: int, store: RunStore | None, device: torch.device
+) -> dict:
     rl, base = config.rl, config.rl.base
-    reference, model = _reference_and_copy(base, seed)
+    reference, model = _reference_and_copy(base, seed, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=rl.lr)
     batches = torch.Generator().manual_seed(seed + 8)
-    loop = _Loop(store, model, optimizer, {"batches": batches})
-    keep = set(rl.checkpoint_steps)
-    for step in tqdm(
-        range(loop.start, rl.steps + 1),
-        initial=loop.start,
-        total=rl.steps + 1,
+    loop = TrainLoop(
+        store,
+        model,
+        optimizer,
+        generators={"batches": batches},
+        total=rl.steps,
+        keep=rl.checkpoint_steps,
         desc=f"{TESTBED} continue seed={seed}",
-        disable=None,
-    ):
-        if step in keep:
-            loop.checkpoints[step] = _state(model)
+    )
+    for step in loop:
+        loop.checkpoint(step)
         row: dict[str, float] = {"step": step}
         if step % rl.log_every == 0 or step == rl.steps:
             kl, kl_se = probe_kl(model, reference, rl)
             row.update(probe_kl=kl, probe_kl_se=kl_se)
         if step < rl.steps:
-            tokens = base.language.sample(base.batch_size, base.context, batches)[0]
+            tokens = base.language.sample(base.batch_size, base.context, batches)[0].to(device)
             loss = next_token_loss(model, tokens).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             row["loss"] = loss.item()
         loop.append(row)
-        loop.maybe_save(step + 1)
+        loop.save_partial(step + 1)
     return loop.payload()
 
 
-def train_rl(config: RLConfig, seed: int = 0, *, cache: bool = True, force: bool = False) -> Run:
+def _stage(
+    stage: str, types: type, train_fn, config, seed: int, device, cache: bool, force: bool
+) -> Run:
+    config, name = resolve_config(config, types)
+    return cached_run(
+        TESTBED,
+        config,
+        seed,
+        train_fn,
+        MODULES,
+        stage=stage,
+        preset=name,
+        device=device,
+        cache=cache,
+        force=force,
+    )
+
+
+def train_rl(
+    config: RLConfig | str,
+    seed: int = 0,
+    *,
+    device: str | torch.device | None = None,
+    cache: bool = True,
+    force: bool = False,
+) -> Run:
     """KL-regularised RL from the pretrained run of ``config.base`` (same seed), cached.
 
     The log has, per step, the batch's mean ``reward``, its exact-next-token ``kl`` and sampled
     log-ratio ``kl_k1`` estimates, ``objective`` = reward − β·kl, and every ``log_every``
     steps the probe-prompt KL ``probe_kl`` (± ``probe_kl_se``)."""
-    if not isinstance(config, RLConfig):
-        raise ValueError(f"config must be a testbeds.lm.RLConfig, got {type(config).__name__}")
-    return cached_run(
-        f"{TESTBED}_rl", config, seed, _train_rl, CODE_PATHS, cache=cache, force=force
-    )
+    return _stage("rl", RLConfig, _train_rl, config, seed, device, cache, force)
 
 
-def train_sft(config: SFTConfig, seed: int = 0, *, cache: bool = True, force: bool = False) -> Run:
+def train_sft(
+    config: SFTConfig | str,
+    seed: int = 0,
+    *,
+    device: str | torch.device | None = None,
+    cache: bool = True,
+    force: bool = False,
+) -> Run:
     """Best-of-G SFT stopped at the probe KL of ``config.rl``'s run with the same seed.
 
     The final checkpoint is the kept model; the last log row holds ``final_kl``, ``target_kl``
     and ``matched`` (1.0 when within ±tolerance)."""
-    if not isinstance(config, SFTConfig):
-        raise ValueError(f"config must be a testbeds.lm.SFTConfig, got {type(config).__name__}")
-    return cached_run(
-        f"{TESTBED}_sft", config, seed, _train_sft, CODE_PATHS, cache=cache, force=force
-    )
+    return _stage("sft", SFTConfig, _train_sft, config, seed, device, cache, force)
 
 
 def train_continue(
-    config: ContinueConfig, seed: int = 0, *, cache: bool = True, force: bool = False
+    config: ContinueConfig | str,
+    seed: int = 0,
+    *,
+    device: str | torch.device | None = None,
+    cache: bool = True,
+    force: bool = False,
 ) -> Run:
     """Continued pretraining for ``config.rl.steps`` steps from the pretrained run, cached."""
-    if not isinstance(config, ContinueConfig):
-        raise ValueError(
-            f"config must be a testbeds.lm.ContinueConfig, got {type(config).__name__}"
-        )
-    return cached_run(
-        f"{TESTBED}_continue", config, seed, _train_continue, CODE_PATHS, cache=cache, force=force
-    )
+    return _stage("continue", ContinueConfig, _train_continue, config, seed, device, cache, force)

@@ -8,22 +8,19 @@ Train (or load from the cache) from the shell::
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from testbeds.lm.config import Config
+from testbeds.lm.config import Config, resolve_config
 from testbeds.lm.language import Language
-from testbeds.runs import PartialSaver, Run, RunStore, cached_run
+from testbeds.loop import TrainLoop
+from testbeds.runs import Run, RunStore, cached_run
 
 TESTBED = "lm"
-CODE_PATHS = tuple(sorted(Path(__file__).parent.glob("*.py")))
+MODULES = ("testbeds.lm",)  # the run key hashes this package and what it imports
 PROBE_PER_LATENT = 32  # 8 (topic, style) combinations × 32 = 256 probe prompts
 PROBE_PROMPT_LEN = 8
 PROBE_SEED = 90_210  # the probe prompts are the same for every training seed
@@ -80,41 +77,28 @@ def learning_rate(config: Config, step: int) -> float:
     return config.lr * (config.min_lr_fraction + (1 - config.min_lr_fraction) * cos)
 
 
-def _train(config: Config, seed: int, store: RunStore | None) -> dict[str, Any]:
-    torch.set_flush_denormal(True)
+def _train(config: Config, seed: int, store: RunStore | None, device: torch.device) -> dict:
     language = config.language
-    held_out = eval_sequences(config, seed)
-    floor = optimal_loss(language, held_out)  # (n,), paired with the model's loss
+    held_out = eval_sequences(config, seed).to(device)
+    floor = optimal_loss(language, held_out.cpu()).to(device)  # (n,), paired with the model's
     batches = torch.Generator().manual_seed(seed + 2)
     model = config.build_model()
     model.reset_parameters(torch.Generator().manual_seed(seed + 1))
+    model.to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98)
     )
-    keep = set(config.checkpoint_steps)
-    checkpoints: dict[int, dict[str, Tensor]] = {}
-    log: dict[str, list] = {}
-    start, seconds = 0, 0.0
-    resumed = store.load_partial() if store is not None else None
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        batches.set_state(resumed["generator"])
-        checkpoints = {int(k): v for k, v in resumed["checkpoints"].items()}
-        log, start, seconds = resumed["log"], resumed["step"], resumed["seconds"]
-
-    saver = PartialSaver(store)
-    clock = time.perf_counter()
-    bar = tqdm(
-        range(start, config.steps + 1),
-        initial=start,
-        total=config.steps + 1,
+    loop = TrainLoop(
+        store,
+        model,
+        optimizer,
+        generators={"batches": batches},
+        total=config.steps,
+        keep=config.checkpoint_steps,
         desc=f"{TESTBED} pretrain seed={seed}",
-        disable=None,
     )
-    for step in bar:
-        if step in keep:
-            checkpoints[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for step in loop:
+        loop.checkpoint(step)
         if step % config.log_every == 0 or step == config.steps:
             with torch.no_grad():
                 loss = next_token_loss(model.eval(), held_out).double()
@@ -128,43 +112,36 @@ def _train(config: Config, seed: int, store: RunStore | None) -> dict[str, Any]:
                 "gap_se": (gap.std() / math.sqrt(len(gap))).item(),
                 "lr": learning_rate(config, min(step, config.steps - 1)),
             }
-            for key, value in row.items():
-                log.setdefault(key, []).append(value)
-            bar.set_postfix(gap=row["gap"], refresh=False)
+            loop.append(row)
+            loop.postfix(gap=row["gap"])
         if step == config.steps:
             break
-        tokens = language.sample(config.batch_size, config.context, batches)[0]
+        tokens = language.sample(config.batch_size, config.context, batches)[0].to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         loss = next_token_loss(model, tokens).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        saver.maybe_save(
-            lambda step=step: {
-                "step": step + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": batches.get_state(),
-                "checkpoints": checkpoints,
-                "log": log,
-                "seconds": seconds + time.perf_counter() - clock,
-            }
-        )
-    bar.close()
-    return {
-        "checkpoints": checkpoints,
-        "log": log,
-        "seconds": seconds + time.perf_counter() - clock,
-    }
+        loop.save_partial(step + 1)
+    return loop.payload()
 
 
-def train(config: Config, seed: int = 0, *, cache: bool = True, force: bool = False) -> Run:
-    """Pretrain ``config`` from ``seed`` (or load it from the run cache) and return the Run.
+def train(
+    config: Config | str,
+    seed: int = 0,
+    *,
+    device: str | torch.device | None = None,
+    cache: bool = True,
+    force: bool = False,
+) -> Run:
+    """Pretrain ``config`` (a Config or a preset name) from ``seed`` (or load it from the run
+    cache) and return the Run. ``device`` defaults to ``$NTKBENCH_DEVICE`` (``cpu``).
 
     The log has the held-out loss, the Bayes-optimal loss on the same sequences and their
     paired difference ``gap`` (nats/token above the optimum) with its standard error.
     """
-    if not isinstance(config, Config):
-        raise ValueError(f"config must be a testbeds.lm.Config, got {type(config).__name__}")
-    return cached_run(TESTBED, config, seed, _train, CODE_PATHS, cache=cache, force=force)
+    config, name = resolve_config(config, Config)
+    return cached_run(
+        TESTBED, config, seed, _train, MODULES, preset=name, device=device, cache=cache, force=force
+    )

@@ -8,24 +8,22 @@ Train (or load from the cache) one preset from the shell::
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from testbeds.modadd.config import Config
+from testbeds.loop import TrainLoop
+from testbeds.modadd.config import Config, resolve_config
 from testbeds.modadd.ground_truth import GENERALISING_IPR, neuron_frequencies
 from testbeds.modadd.models import ModAddMLP
-from testbeds.runs import PartialSaver, Run, RunStore, cached_run
+from testbeds.runs import Run, RunStore, cached_run
 
 TESTBED = "modadd"
-CODE_PATHS = tuple(sorted(Path(__file__).parent.glob("*.py")))
+MODULES = ("testbeds.modadd",)  # the run key hashes this package and what it imports
 
 
 def pairs(p: int) -> tuple[Tensor, Tensor]:
@@ -145,33 +143,44 @@ def continue_training(
         raise ValueError(
             f"batch_size must be None (full batch) or a positive int, got {batch_size!r}"
         )
-    torch.set_flush_denormal(True)
     model = copy.deepcopy(model).train()
     x, y = probe_inputs(config), corrupted_labels(config, seed)[0]
     train_idx, _ = split(config, seed)
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
-    generator = torch.Generator().manual_seed(seed + 3)
-    queue = train_idx[:0]
-    rows = [{"step": 0, **track(model)}]
+    batches = torch.Generator().manual_seed(seed + 3)
     label = "full batch" if batch_size is None else f"batch {batch_size}"
-    for step in tqdm(range(1, steps + 1), desc=f"{TESTBED} continue ({label})", disable=None):
+    loop = TrainLoop(
+        None,
+        model,
+        optimizer,
+        generators={"batches": batches},
+        total=steps,
+        desc=f"{TESTBED} continue ({label})",
+    )
+    queue = train_idx[:0]
+    for step in loop:
+        if step % track_every == 0 or step == steps:
+            with torch.no_grad():
+                loop.append({"step": step, **track(model)})
+        if step == steps:
+            break
         if batch_size is None:
             ids = train_idx
         else:
             if len(queue) < batch_size:
-                fresh = train_idx[torch.randperm(len(train_idx), generator=generator)]
+                fresh = train_idx[torch.randperm(len(train_idx), generator=batches)]
                 queue = torch.cat([queue, fresh])
             ids, queue = queue[:batch_size], queue[batch_size:]
+        ids = ids.to(device)
         loss = _loss(config, model(x[ids]), y[ids])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % track_every == 0 or step == steps:
-            with torch.no_grad():
-                rows.append({"step": step, **track(model)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(loop.log)
 
 
 def per_example_loss(config: Config) -> Callable[[Tensor, Tensor], Tensor]:
@@ -210,14 +219,17 @@ def _evaluate(
     return row
 
 
-def _train(config: Config, seed: int, store: RunStore | None) -> dict[str, Any]:
-    torch.set_flush_denormal(True)  # weight decay drives weights into denormals: 3-4x slower
-    x, y = probe_inputs(config), corrupted_labels(config, seed)[0]
+def _train(config: Config, seed: int, store: RunStore | None, device: torch.device) -> dict:
+    x, y = probe_inputs(config).to(device), corrupted_labels(config, seed)[0].to(device)
     train_idx, _ = split(config, seed)
-    groups = evaluation_groups(config, seed)
-    generator = torch.Generator().manual_seed(seed + 1)
+    groups = {
+        name: (ids.to(device), labels.to(device))
+        for name, (ids, labels) in evaluation_groups(config, seed).items()
+    }
+    batches = torch.Generator().manual_seed(seed + 1)
     model = config.build_model()
-    model.reset_parameters(generator)
+    model.reset_parameters(batches)
+    model.to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
@@ -225,41 +237,26 @@ def _train(config: Config, seed: int, store: RunStore | None) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
     )
-    keep = set(config.checkpoint_epochs)
-    checkpoints: dict[int, dict[str, Tensor]] = {}
-    log: dict[str, list] = {}
-    start, seconds = 0, 0.0
-
-    resumed = store.load_partial() if store is not None else None
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        generator.set_state(resumed["generator"])
-        checkpoints = {int(k): v for k, v in resumed["checkpoints"].items()}
-        log, start, seconds = resumed["log"], resumed["epoch"], resumed["seconds"]
-
-    saver = PartialSaver(store)
-    clock = time.perf_counter()
-    batch = config.batch_size or len(train_idx)
-    bar = tqdm(
-        range(start, config.epochs + 1),
-        initial=start,
-        total=config.epochs + 1,
+    loop = TrainLoop(
+        store,
+        model,
+        optimizer,
+        scheduler=scheduler,
+        generators={"batches": batches},
+        total=config.epochs,
+        keep=config.checkpoint_epochs,
         desc=f"{TESTBED} {config.arch} p={config.p} seed={seed}",
-        disable=None,
     )
-    for epoch in bar:
-        if epoch in keep:
-            checkpoints[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    batch = config.batch_size or len(train_idx)
+    for epoch in loop:
+        loop.checkpoint(epoch)
         if epoch % config.log_every == 0 or epoch == config.epochs:
             row = _evaluate(config, model, x, groups)
-            for key, value in {"epoch": epoch, **row}.items():
-                log.setdefault(key, []).append(value)
-            bar.set_postfix(train_acc=row["train_acc"], test_acc=row["test_acc"], refresh=False)
+            loop.append({"epoch": epoch, **row})
+            loop.postfix(train_acc=row["train_acc"], test_acc=row["test_acc"])
         if epoch == config.epochs:
             break
-        order = train_idx[torch.randperm(len(train_idx), generator=generator)]
+        order = train_idx[torch.randperm(len(train_idx), generator=batches)].to(device)
         for i in range(0, len(order), batch):
             ids = order[i : i + batch]
             loss = _loss(config, model(x[ids]), y[ids])
@@ -267,32 +264,26 @@ def _train(config: Config, seed: int, store: RunStore | None) -> dict[str, Any]:
             loss.backward()
             optimizer.step()
             scheduler.step()
-        saver.maybe_save(
-            lambda epoch=epoch: {
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "checkpoints": checkpoints,
-                "log": log,
-                "seconds": seconds + time.perf_counter() - clock,
-            }
-        )
-    bar.close()
-    return {
-        "checkpoints": checkpoints,
-        "log": log,
-        "seconds": seconds + time.perf_counter() - clock,
-    }
+        loop.save_partial(epoch + 1)
+    return loop.payload()
 
 
-def train(config: Config, seed: int = 0, *, cache: bool = True, force: bool = False) -> Run:
-    """Train ``config`` from ``seed`` (or load it from the run cache) and return the Run.
+def train(
+    config: Config | str,
+    seed: int = 0,
+    *,
+    device: str | torch.device | None = None,
+    cache: bool = True,
+    force: bool = False,
+) -> Run:
+    """Train ``config`` (a Config or a preset name) from ``seed`` (or load it from the run
+    cache) and return the Run.
 
-    Deterministic for a given (config, seed, torch version): the split, the initialisation and
-    the minibatch order all come from the seed.
+    Deterministic for a given (config, seed, device kind, library versions): the split, the
+    initialisation and the minibatch order all come from the seed. ``device`` defaults to
+    ``$NTKBENCH_DEVICE`` (``cpu``).
     """
-    if not isinstance(config, Config):
-        raise ValueError(f"config must be a testbeds.modadd.Config, got {type(config).__name__}")
-    return cached_run(TESTBED, config, seed, _train, CODE_PATHS, cache=cache, force=force)
+    config, name = resolve_config(config)
+    return cached_run(
+        TESTBED, config, seed, _train, MODULES, preset=name, device=device, cache=cache, force=force
+    )

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from testbeds import contract
+from testbeds.contract import choose
 from testbeds.runs import default_checkpoints
 
 DATA = ("fresh", "fixed")
@@ -141,6 +143,10 @@ PRESETS: dict[str, Config] = {
 
 def preset(name: str, **overrides) -> Config:
     """The named preset, optionally with fields replaced (validated again)."""
-    if name not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got preset={name!r}")
-    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
+    config = PRESETS[choose(name, PRESETS, "preset")]
+    return config.replace(**overrides) if overrides else config
+
+
+def resolve_config(config: Config | str) -> tuple[Config, str]:
+    """(config, preset name) from a Config or a preset name."""
+    return contract.resolve_config(config, PRESETS, Config, "tms")

@@ -7,20 +7,16 @@ Train (or load from the cache) one preset from the shell::
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-from typing import Any
-
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from testbeds.runs import PartialSaver, Run, RunStore, cached_run
-from testbeds.tms.config import Config
+from testbeds.loop import TrainLoop
+from testbeds.runs import Run, RunStore, cached_run
+from testbeds.tms.config import Config, resolve_config
 from testbeds.tms.models import TMSModel
 
 TESTBED = "tms"
-CODE_PATHS = tuple(sorted(Path(__file__).parent.glob("*.py")))
+MODULES = ("testbeds.tms",)  # the run key hashes this package and what it imports
 REPRESENTED_NORM = 0.75  # feature i is represented when ‖W_i‖² = (WᵀW)_ii ≥ this (Lin 2025)
 EVAL_POINTS = 4096  # size of the held-out evaluation batch for data="fresh"
 
@@ -72,10 +68,9 @@ def represented(model: TMSModel, threshold: float = REPRESENTED_NORM) -> Tensor:
     return model.W.detach().pow(2).sum(1) >= threshold
 
 
-def _train(config: Config, seed: int, store: RunStore | None) -> dict[str, Any]:
-    torch.set_flush_denormal(True)  # weight decay drives weights into denormals: 3-4x slower
+def _train(config: Config, seed: int, store: RunStore | None, device: torch.device) -> dict:
     fixed = config.data == "fixed"
-    data = dataset(config, seed)
+    data = dataset(config, seed).to(device)
     eval_x = (
         data
         if fixed
@@ -84,44 +79,31 @@ def _train(config: Config, seed: int, store: RunStore | None) -> dict[str, Any]:
             config.n_features,
             config.sparsity,
             torch.Generator().manual_seed(seed + 3),
-        )
+        ).to(device)
     )
     batches = torch.Generator().manual_seed(seed + 2)  # fresh batches / minibatch order
     model = config.build_model()
     model.reset_parameters(torch.Generator().manual_seed(seed + 1))
+    model.to(device)
     if config.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     else:
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-    keep = set(config.checkpoint_steps)
-    checkpoints: dict[int, dict[str, Tensor]] = {}
-    log: dict[str, list] = {}
-    start, seconds = 0, 0.0
-
-    resumed = store.load_partial() if store is not None else None
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        batches.set_state(resumed["generator"])
-        checkpoints = {int(k): v for k, v in resumed["checkpoints"].items()}
-        log, start, seconds = resumed["log"], resumed["step"], resumed["seconds"]
-
-    saver = PartialSaver(store)
-    clock = time.perf_counter()
+    loop = TrainLoop(
+        store,
+        model,
+        optimizer,
+        generators={"batches": batches},
+        total=config.steps,
+        keep=config.checkpoint_steps,
+        desc=f"{TESTBED} n={config.n_features} m={config.n_hidden} seed={seed}",
+    )
     batch = config.batch_size or config.n_points
     I = config.n_instances
-    bar = tqdm(
-        range(start, config.steps + 1),
-        initial=start,
-        total=config.steps + 1,
-        desc=f"{TESTBED} n={config.n_features} m={config.n_hidden} seed={seed}",
-        disable=None,
-    )
-    for step in bar:
-        if step in keep:
-            checkpoints[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for step in loop:
+        loop.checkpoint(step)
         if step % config.log_every == 0 or step == config.steps:
             with torch.no_grad():
                 losses = loss_per_instance(config, model, eval_x)
@@ -133,46 +115,40 @@ def _train(config: Config, seed: int, store: RunStore | None) -> dict[str, Any]:
                 for i in range(I):
                     row[f"loss_{i}"] = losses[i].item()
                     row[f"represented_{i}"] = int(counts[i])
-            for key, value in row.items():
-                log.setdefault(key, []).append(value)
-            bar.set_postfix(loss=row["loss"], refresh=False)
+            loop.append(row)
+            loop.postfix(loss=row["loss"])
         if step == config.steps:
             break
         if fixed and batch == config.n_points:
             x = data
         elif fixed:
-            x = data[torch.randint(config.n_points, (batch,), generator=batches)]
+            x = data[torch.randint(config.n_points, (batch,), generator=batches).to(device)]
         else:
-            x = sample_features(batch, config.n_features, config.sparsity, batches)
+            x = sample_features(batch, config.n_features, config.sparsity, batches).to(device)
         loss = loss_per_instance(config, model, x).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        saver.maybe_save(
-            lambda step=step: {
-                "step": step + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": batches.get_state(),
-                "checkpoints": checkpoints,
-                "log": log,
-                "seconds": seconds + time.perf_counter() - clock,
-            }
-        )
-    bar.close()
-    return {
-        "checkpoints": checkpoints,
-        "log": log,
-        "seconds": seconds + time.perf_counter() - clock,
-    }
+        loop.save_partial(step + 1)
+    return loop.payload()
 
 
-def train(config: Config, seed: int = 0, *, cache: bool = True, force: bool = False) -> Run:
-    """Train ``config`` from ``seed`` (or load it from the run cache) and return the Run.
+def train(
+    config: Config | str,
+    seed: int = 0,
+    *,
+    device: str | torch.device | None = None,
+    cache: bool = True,
+    force: bool = False,
+) -> Run:
+    """Train ``config`` (a Config or a preset name) from ``seed`` (or load it from the run
+    cache) and return the Run.
 
-    Deterministic for a given (config, seed, torch version): the dataset, the initialisation
-    and the batches all come from the seed.
+    Deterministic for a given (config, seed, device kind, library versions): the dataset, the
+    initialisation and the batches all come from the seed. ``device`` defaults to
+    ``$NTKBENCH_DEVICE`` (``cpu``).
     """
-    if not isinstance(config, Config):
-        raise ValueError(f"config must be a testbeds.tms.Config, got {type(config).__name__}")
-    return cached_run(TESTBED, config, seed, _train, CODE_PATHS, cache=cache, force=force)
+    config, name = resolve_config(config)
+    return cached_run(
+        TESTBED, config, seed, _train, MODULES, preset=name, device=device, cache=cache, force=force
+    )
