@@ -39,6 +39,7 @@ import inspect
 import os
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -52,10 +53,10 @@ def _project_file(name: str) -> Path | None:
     parts = name.split(".")
     if parts[0] not in PACKAGES or not all(p.isidentifier() for p in parts):
         return None
-    base = ROOT.joinpath(*parts)
-    for path in (base / "__init__.py", base.with_suffix(".py")):
-        if path.is_file():
-            return path
+    base = os.path.join(ROOT, *parts)
+    for path in (os.path.join(base, "__init__.py"), base + ".py"):
+        if os.path.isfile(path):
+            return Path(path)
     return None
 
 
@@ -81,15 +82,16 @@ def _parents(name: str) -> list[str]:
 
 
 def _stamp(path: Path) -> tuple[str, int, int]:
-    stat = path.stat()
+    stat = os.stat(path)
     return str(path), stat.st_mtime_ns, stat.st_size
 
 
 @functools.lru_cache(maxsize=4096)
 def _imported_names(path: str, mtime_ns: int, size: int, package: str | None) -> frozenset[str]:
-    """Every dotted name a file imports (absolute; relative ones resolved against ``package``),
-    with each ``from x import y`` also giving ``x.y`` (it is a submodule when such a file
-    exists). ``mtime_ns`` and ``size`` only key the cache."""
+    """Every dotted name in the project's packages that a file imports (absolute; relative
+    ones resolved against ``package``), with their parent packages, and with each
+    ``from x import y`` also giving ``x.y`` (it is a submodule when such a file exists).
+    ``mtime_ns`` and ``size`` only key the cache."""
     tree = ast.parse(Path(path).read_bytes(), filename=path)
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -108,7 +110,8 @@ def _imported_names(path: str, mtime_ns: int, size: int, package: str | None) ->
                 base = node.module or ""
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
-    return frozenset(names)
+    candidates = {p for name in names for p in _parents(name)}
+    return frozenset(n for n in candidates if n.split(".", 1)[0] in PACKAGES)
 
 
 def _package_of(name: str, path: Path) -> str:
@@ -116,29 +119,43 @@ def _package_of(name: str, path: Path) -> str:
     return name if path.name == "__init__.py" else name.rpartition(".")[0]
 
 
-def _project_imports(path: Path, package: str | None) -> set[str]:
-    """The project modules (and their parent packages) a file imports directly."""
-    found: set[str] = set()
-    for imported in _imported_names(*_stamp(path), package):
-        for name in _parents(imported):
-            if _project_file(name) is not None:
+def _is_folder(name: str) -> bool:
+    """Whether dotted ``name`` is a folder of the project (a package, with or without an init)."""
+    return os.path.isdir(os.path.join(ROOT, *name.split(".")))
+
+
+class _Finder:
+    """Look-ups of project files, each done once within one closure."""
+
+    def __init__(self) -> None:
+        self.file = functools.cache(_project_file)
+        self.folder = functools.cache(_is_folder)
+
+    def imports(self, path: Path, package: str | None) -> set[str]:
+        """The project modules (and their parent packages) a file imports directly."""
+        found = set()
+        for name in _imported_names(*_stamp(path), package):
+            parent = name.rpartition(".")[0]
+            # a submodule lies in a folder: skips the names `from module import name` brings
+            if (not parent or self.folder(parent)) and self.file(name) is not None:
                 found.add(name)
-    return found
+        return found
 
 
 def _closure(start: Iterable[str]) -> set[str]:
+    find = _Finder()
     seen: set[str] = set()
     todo = list(start)  # plus their packages (a folder without __init__.py has no source)
-    todo += [p for name in start for p in _parents(name)[:-1] if _project_file(p) is not None]
+    todo += [p for name in start for p in _parents(name)[:-1] if find.file(p) is not None]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
-        path = _project_file(name)
+        path = find.file(name)
         if path is None:
             raise ValueError(f"{name!r} is not a module of the project's packages {PACKAGES}")
         seen.add(name)
-        todo.extend(_project_imports(path, _package_of(name, path)) - seen)
+        todo.extend(find.imports(path, _package_of(name, path)) - seen)
     return seen
 
 
@@ -162,7 +179,7 @@ def _resolve(target: str | os.PathLike) -> tuple[set[str], Path | None]:
     name = _module_name(path)
     if name is not None:
         return {name}, None
-    return _project_imports(path, None), path
+    return _Finder().imports(path, None), path
 
 
 def module_dependencies(module: str | os.PathLike) -> tuple[str, ...]:
@@ -179,7 +196,26 @@ def module_dependencies(module: str | os.PathLike) -> tuple[str, ...]:
     return (str(outside), *closure) if outside is not None else tuple(closure)
 
 
-def _target_source(target: Any) -> str | os.PathLike:
+@dataclass(frozen=True)
+class _Interactive:
+    """A callable with source text but no file (a notebook cell)."""
+
+    qualname: str
+    text: str
+
+
+def project_modules() -> tuple[str, ...]:
+    """Every module of the project's packages (every ``.py`` file under them), sorted."""
+    names = set()
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            name = _module_name(path)
+            if name is not None:
+                names.add(name)
+    return tuple(sorted(names))
+
+
+def _target_source(target: Any) -> str | os.PathLike | _Interactive:
     """The module name or file that defines ``target`` (see :func:`source_hash`)."""
     if isinstance(target, (str, os.PathLike)):
         return target
@@ -211,10 +247,14 @@ def _target_source(target: Any) -> str | os.PathLike:
             file = None
         if file is not None and Path(file).is_file():
             return Path(file)
-        raise ValueError(
-            f"cannot find the source file of {target!r} (module {module_name!r}); define it in "
-            "a file to give it a cache key"
-        )
+        try:  # typed at an interactive prompt whose text is kept (a notebook cell)
+            text = inspect.getsource(target)
+        except (OSError, TypeError) as err:
+            raise ValueError(
+                f"cannot find the source of {target!r} (module {module_name!r}); define it in "
+                "a file to give it a cache key"
+            ) from err
+        return _Interactive(getattr(target, "__qualname__", type(target).__qualname__), text)
     raise TypeError(
         "a source_hash target is a module name, module, file path or callable; "
         f"got {type(target).__name__}"
@@ -228,23 +268,31 @@ def source_hash(*targets: Any) -> str:
     callable (its ``__module__``'s file; a ``functools.partial`` means its wrapped function; a
     callable defined in a file outside the project, such as a plug-in, means that file). The
     hash covers (module name, source bytes) of the union of the targets' closures
-    (:func:`module_dependencies`); a file outside the project enters under its file name.
+    (:func:`module_dependencies`); a file outside the project enters under its file name. A
+    callable without a file whose text is known (a notebook cell) enters with its text and
+    every project module (:func:`project_modules`), since its imports cannot be read; one
+    without any source raises ValueError.
     Arguments bound into a ``partial`` or a closure are not source: put them in the key
     separately.
     """
     if not targets:
         raise ValueError("source_hash needs at least one target")
     names: set[str] = set()
-    outside: set[Path] = set()
+    entries: list[tuple[str, bytes]] = []
     for target in targets:
-        start, file = _resolve(_target_source(target))
+        source = _target_source(target)
+        if isinstance(source, _Interactive):
+            # it may call anything: its own text and every project module
+            entries.append((f"<interactive>.{source.qualname}", source.text.encode()))
+            names.update(project_modules())
+            continue
+        start, file = _resolve(source)
         names |= start
         if file is not None:
-            outside.add(file)
+            entries.append((file.name, file.read_bytes()))
+    entries += [(name, _project_file(name).read_bytes()) for name in _closure(names)]
     digest = hashlib.sha256()
-    entries = [(p.name, p) for p in outside] + [(n, _project_file(n)) for n in _closure(names)]
-    for label, path in sorted(entries, key=lambda e: (e[0], str(e[1]))):
-        source = path.read_bytes()
+    for label, source in sorted(set(entries)):
         digest.update(f"{label}\0{len(source)}\0".encode())
         digest.update(source)
     return digest.hexdigest()[:16]

@@ -17,10 +17,14 @@ returns a tidy frame with one row per (step, metric)::
     >>> fig = plot_trajectory(frame, "erank", runs=[run])    # step, metric, value
 
 Cache. Values live in ``$NTKBENCH_CACHE/trajectories/<testbed>/<run key>/<name>-<key>/``, one
-JSON file per checkpoint, written atomically. The key hashes the metric's ``name``, its
-``version`` and its source code, so editing the metric recomputes it; anything else the values
-depend on (a closure's arguments, a probe set) must go into ``name`` or ``version``. The run
-key already covers the testbed's config, seed and training code. A computation that is
+JSON file per checkpoint, written atomically. The key (:func:`metric_key`) hashes the metric's
+``name``, its ``version``, its qualified name and the source of the module that defines it
+together with every project module that module imports, transitively
+(:func:`testbeds.sources.source_hash`): editing the metric, a helper it calls or anything in
+``metrics/`` it imports recomputes it, and nothing else does. Inputs that are not code (a
+closure's arguments, a probe set, a number of examples) must go into ``name`` or ``version``;
+a ``functools.partial``'s bound arguments are hashed. The run key already covers the testbed's
+config, seed and training code. A computation that is
 interrupted keeps every finished checkpoint; an unreadable file is recomputed. While one
 process maps a (run, metric) pair, others asking for the same pair wait for it and then read
 its files, so pytest-xdist workers never compute the same checkpoint twice.
@@ -29,9 +33,9 @@ its files, so pytest-xdist workers never compute the same checkpoint twice.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
-import inspect
 import json
 import math
 import os
@@ -47,6 +51,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from testbeds.runs import Run, RunStore, cache_dir, config_hash
+from testbeds.sources import source_hash
 
 COLUMNS = ("testbed", "preset", "seed", "step", "metric", "value")
 TRAJECTORY_FORMAT = 1
@@ -65,21 +70,32 @@ def preset_name(run: Run) -> str:
     return f"custom-{config_hash(run.config)}"
 
 
-def _source(fn: Any) -> str:
-    """Source text of a callable (the wrapped function of a ``functools.partial``, with its
-    arguments), or its qualified name when the source is not available."""
-    if hasattr(fn, "func") and hasattr(fn, "args"):  # functools.partial
-        return _source(fn.func) + repr((fn.args, sorted(fn.keywords.items())))
-    try:
-        return inspect.getsource(fn)
-    except (OSError, TypeError):
-        return getattr(fn, "__qualname__", repr(type(fn)))
+def _bound(fn: Any) -> Any:
+    """The qualified name of a callable, with the arguments a ``functools.partial`` binds."""
+    if isinstance(fn, functools.partial):
+        return [_bound(fn.func), repr(fn.args), repr(sorted(fn.keywords.items()))]
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
 def metric_key(metric: Metric, name: str, version: str | Mapping[str, Any] = "") -> str:
-    """Hash of a metric's name, version and source code: its cache identity."""
+    """A metric's cache identity: the hash of its name, its version, its qualified name (with
+    a partial's bound arguments) and :func:`testbeds.sources.source_hash` of the module that
+    defines it (that module's source and every project module it imports, transitively).
+
+    Raises ValueError for a metric whose source file cannot be found (one typed at an
+    interactive prompt): define it in a file, or call :func:`map_checkpoints` with
+    ``cache=False``.
+    """
+    try:
+        code = source_hash(metric)
+    except ValueError as err:
+        raise ValueError(
+            f"cannot key the cache of metric {name!r}: {err}; or pass cache=False"
+        ) from err
     payload = json.dumps(
-        {"name": name, "version": version, "source": _source(metric)}, sort_keys=True, default=str
+        {"name": name, "version": version, "callable": _bound(metric), "code": code},
+        sort_keys=True,
+        default=str,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -161,7 +177,8 @@ def map_checkpoints(
         metric: called with each checkpoint's model (eval mode, a fresh copy) and its step;
             returns a float (recorded under ``name``) or a mapping metric name → float.
         name: the metric's name: labels its values and its cache folder.
-        version: anything else the values depend on (hashed into the cache key).
+        version: the inputs other than code that the values depend on (hashed into the cache
+            key with the source of the metric's module and its project imports).
         steps: the checkpoints to evaluate (default: all of them).
         preset: the label in the frame's ``preset`` column (default :func:`preset_name`).
         cache: read and write the per-checkpoint cache.
@@ -179,7 +196,7 @@ def map_checkpoints(
         raise ValueError(f"workers must be a positive int, got workers={workers!r}")
     chosen = _check_steps(run, steps)
     label = preset if preset is not None else preset_name(run)
-    folder = trajectory_dir(run, name, metric_key(metric, name, version))
+    folder = trajectory_dir(run, name, metric_key(metric, name, version)) if cache else None
 
     def compute(step: int) -> dict[str, float]:
         values = _as_values(metric(run.model_at(step), step), name, step)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
+import linecache
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -103,3 +108,132 @@ def test_hash_of_a_callable_from_a_plugin_file(tmp_path):
     fn = namespace["metric"]
     assert source_hash(fn) == source_hash(plugin)
     assert source_hash(fn) != source_hash("metrics.spectra")
+
+
+def test_hash_of_a_notebook_callable_covers_its_text_and_the_project():
+    filename = "<notebook-cell-1>"
+    text = "def metric(model, step):\n    return 1.0\n"
+    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+    try:
+        namespace: dict = {"__name__": "__main__"}
+        exec(compile(text, filename, "exec"), namespace)  # noqa: S102
+        fn = namespace["metric"]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.delitem(sys.modules["__main__"].__dict__, "__file__", raising=False)
+            key = source_hash(fn)
+            assert key == source_hash(fn)
+            edited = "def metric(model, step):\n    return 2.0\n"
+            linecache.cache[filename] = (len(edited), None, edited.splitlines(True), filename)
+            assert source_hash(fn) != key
+            # a callable without any source text
+            no_source = eval("lambda model, step: 0.0", {"__name__": "__main__"})  # noqa: S307
+            with pytest.raises(ValueError, match="cannot find the source"):
+                source_hash(no_source)
+    finally:
+        linecache.cache.pop(filename, None)
+
+
+# The required check: in a copy of the project, a cached value is recomputed after an edit to
+# a helper it imports, and a cached value that does not import the helper is read back.
+DEPENDENT = """
+from metrics.spectra import effective_rank
+import torch
+
+def metric(model, step):
+    with open(COUNTS, "a") as handle:
+        handle.write("dependent\\n")
+    return effective_rank(torch.linalg.svdvals(model.weight.detach().double()) ** 2)
+
+def method(problem):
+    return metric(problem, 0)
+"""
+
+UNRELATED = """
+def metric(model, step):
+    with open(COUNTS, "a") as handle:
+        handle.write("unrelated\\n")
+    return float(model.weight.abs().sum())
+
+def method(problem):
+    return metric(problem, 0)
+"""
+
+SCRIPT = """
+import dataclasses, json, sys
+import pandas as pd
+import torch
+import testbeds
+from leaderboard.api import Method
+from testbeds.runs import Run
+from testbeds.trajectory import map_checkpoints
+import dependent, unrelated
+
+assert testbeds.__file__.startswith(sys.argv[1]), testbeds.__file__
+
+@dataclasses.dataclass(frozen=True)
+class TinyConfig:
+    width: int = 3
+
+class TinyRun(Run):
+    def model_at(self, step, device="cpu"):
+        model = torch.nn.Linear(4, self.config.width)
+        model.load_state_dict(self.checkpoints[step])
+        return model.eval()
+
+weights = {}
+for step in (0, 5):
+    torch.manual_seed(step)
+    weights[step] = torch.nn.Linear(4, 3).state_dict()
+run = TinyRun("tiny", TinyConfig(), 0, weights, pd.DataFrame({"step": [0, 5]}),
+              meta={"cache_key": "tiny-run"})
+out = {}
+for module in (dependent, unrelated):
+    name = module.__name__
+    frame = map_checkpoints(run, module.metric, name=name, preset="tiny", progress=False)
+    out[name] = frame["value"].tolist()
+    out[name + "_method"] = Method(name, module.method, "test").code_hash()
+print(json.dumps(out))
+"""
+
+
+def test_editing_a_helper_recomputes_what_depends_on_it_and_nothing_else(tmp_path):
+    copy = tmp_path / "project"
+    for package in ("testbeds", "metrics", "leaderboard"):
+        shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__py*"))
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    counts = tmp_path / "counts.txt"
+    for name, text in (("dependent", DEPENDENT), ("unrelated", UNRELATED)):
+        (plugins / f"{name}.py").write_text(f"COUNTS = {str(counts)!r}\n{text}")
+    (tmp_path / "script.py").write_text(SCRIPT)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(copy), str(plugins)]),
+        "NTKBENCH_CACHE": str(tmp_path / "cache"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+    def run() -> tuple[dict, list[str]]:
+        done = subprocess.run(
+            [sys.executable, str(tmp_path / "script.py"), str(copy)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1]), counts.read_text().split()
+
+    first, calls = run()
+    assert calls.count("dependent") == 2 and calls.count("unrelated") == 2  # two checkpoints
+    again, calls = run()  # a second process reads both from the cache
+    assert again == first and len(calls) == 4
+    helper = copy / "metrics" / "spectra.py"
+    helper.write_text(helper.read_text() + "\n# an edit to a helper\n")
+    edited, calls = run()
+    assert calls.count("dependent") == 4  # recomputed
+    assert calls.count("unrelated") == 2  # read from the cache
+    assert edited["dependent"] == first["dependent"]  # the edit changes no number
+    assert edited["dependent_method"] != first["dependent_method"]
+    assert edited["unrelated_method"] == first["unrelated_method"]
