@@ -46,6 +46,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from testbeds.sources import source_hash
+
 KINDS = ("directions", "partition")
 OVER = ("inputs", "flattened", "units")
 ENTRY_POINT_GROUP = "ntkbench.methods"
@@ -126,12 +128,10 @@ class Method:
     origin: str = "builtin"  # "builtin", "plugin:<file>" or "entry-point:<name>"
 
     def code_hash(self) -> str:
-        """Hash of the method's source (changes invalidate its cached scores)."""
-        try:
-            text = inspect.getsource(self.fn)
-        except (OSError, TypeError):
-            text = f"{self.fn.__module__}.{getattr(self.fn, '__qualname__', repr(self.fn))}"
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """:func:`testbeds.sources.source_hash` of the method: the module (or plug-in file) that
+        defines it and every project module that imports, transitively. Editing the method or
+        any helper it imports invalidates its cached scores."""
+        return source_hash(self.fn)
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ class Task:
     config: Any  # the testbed config (hashed into records)
     setup: Callable[[int], tuple[Problem, Any]]
     score: Callable[[Tensor, Any, Problem], tuple[float, float, dict]]
-    version: int = 1  # bump when the scoring changes
+    version: int = 1  # an input of the scoring other than its code (code is hashed)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -162,13 +162,11 @@ class Task:
             raise ValueError(f"over must be one of {OVER}, got over={self.over!r}")
 
     def code_hash(self) -> str:
-        """Hash of the task's module source and version (changes invalidate cached scores)."""
-        module = sys.modules.get(self.setup.__module__)
-        try:
-            text = inspect.getsource(module) if module is not None else ""
-        except (OSError, TypeError):
-            text = ""
-        return hashlib.sha256(f"{self.version}\n{text}".encode()).hexdigest()[:16]
+        """Hash of the task's version and :func:`testbeds.sources.source_hash` of the modules
+        that define ``setup`` and ``score`` with their project imports (editing the task or a
+        helper it imports invalidates its cached scores)."""
+        code = source_hash(self.setup, self.score)
+        return hashlib.sha256(f"{self.version}\n{code}".encode()).hexdigest()[:16]
 
 
 METHODS: dict[str, Method] = {}

@@ -6,10 +6,14 @@ budget, or returns the wrong shape, NaN or Inf is recorded as ``failed`` with th
 method that raises :class:`leaderboard.api.NotApplicable` is recorded as ``n/a``; every other
 method still runs. Results are appended to ``records.jsonl`` (one locked append per record).
 
-Scores are cached by their inputs: a record whose ``extra.cache_key`` (method source, task
-source and version, testbed code, config, seed, torch version) matches and whose status is
-``ok`` or ``n/a`` is reused instead of recomputed, unless ``force``. Reused records are
-returned, not appended again, so the file never double-counts.
+Scores are cached by their inputs: a record whose ``extra.cache_key`` matches and whose status
+is ``ok`` or ``n/a`` is reused instead of recomputed, unless ``force``. The key hashes the
+method's name and :func:`testbeds.sources.source_hash` (the module or plug-in file defining it
+and every project module that imports, transitively), the task's name, version and source hash,
+the source hash of the testbed package, the config, the seed and the library versions
+(:func:`testbeds.runs.versions`): editing a method, a task, a testbed or a helper in
+``metrics/`` that one of them imports recomputes the scores that depend on it, and no others.
+Reused records are returned, not appended again, so the file never double-counts.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import json
 import math
 import signal
 import sys
@@ -34,7 +39,8 @@ from tqdm.auto import tqdm
 from leaderboard.api import DEFAULT_TIMEOUT, Method, NotApplicable, Problem, Task
 from leaderboard.records import Record, append, read, records_path
 from leaderboard.scoring import indicator_directions
-from testbeds.runs import code_hash, config_hash, git_sha, versions
+from testbeds.runs import config_hash, git_sha, versions
+from testbeds.sources import source_hash
 
 
 class MethodTimeout(Exception):
@@ -100,20 +106,35 @@ def check_output(output, problem: Problem) -> Tensor:
     raise OutputError(f"wrong output {output.dtype} {tuple(output.shape)}; expected {expected}")
 
 
+def testbed_code(task: Task) -> str:
+    """:func:`testbeds.sources.source_hash` of the testbed package of the task's config (its
+    ``__init__.py`` and everything that imports: models, training, ground truth)."""
+    module = sys.modules[type(task.config).__module__]
+    package = module.__package__ or module.__name__
+    try:
+        return source_hash(package)
+    except ValueError:  # a testbed outside the project: the file defining its config
+        return source_hash(type(task.config))
+
+
+def _key(method: str, method_code: str, task: Task, codes: tuple[str, str], seed: int, lib) -> str:
+    parts = {
+        "method": method,
+        "method_code": method_code,
+        "task": task.name,
+        "task_code": codes[0],
+        "testbed_code": codes[1],
+        "config": config_hash(task.config),
+        "seed": seed,
+        "versions": lib,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
 def cache_key(method: Method, task: Task, seed: int) -> str:
     """Hash of everything a score depends on (module docstring)."""
-    package = Path(sys.modules[type(task.config).__module__].__file__).parent
-    parts = [
-        method.name,
-        method.code_hash(),
-        task.name,
-        task.code_hash(),
-        code_hash(sorted(package.glob("*.py"))),
-        config_hash(task.config),
-        str(seed),
-        torch.__version__,
-    ]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+    codes = (task.code_hash(), testbed_code(task))
+    return _key(method.name, method.code_hash(), task, codes, seed, versions())
 
 
 def _cached(path: Path) -> dict[str, dict]:
@@ -169,9 +190,14 @@ def evaluate(
         desc="leaderboard",
         disable=not progress,
     )
+    lib = versions()
+    method_codes = {m.name: m.code_hash() for m in methods}
     for task in tasks:
+        codes = (task.code_hash(), testbed_code(task))
         for seed in seeds:
-            keys = {m.name: cache_key(m, task, seed) for m in methods}
+            keys = {
+                m.name: _key(m.name, method_codes[m.name], task, codes, seed, lib) for m in methods
+            }
             pending = [m for m in methods if keys[m.name] not in cached]
             for m in methods:
                 if keys[m.name] in cached:

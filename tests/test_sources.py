@@ -237,3 +237,22 @@ def test_editing_a_helper_recomputes_what_depends_on_it_and_nothing_else(tmp_pat
     assert edited["dependent"] == first["dependent"]  # the edit changes no number
     assert edited["dependent_method"] != first["dependent_method"]
     assert edited["unrelated_method"] == first["unrelated_method"]
+
+
+def test_leaderboard_key_covers_method_task_testbed_and_versions(monkeypatch):
+    from leaderboard import runner
+    from leaderboard.api import METHODS, TASKS, load_builtins
+
+    load_builtins()
+    task = TASKS["modadd_mlp.sum_family"]
+    method = METHODS["entk_trace"]
+    assert runner.testbed_code(task) == source_hash("testbeds.modadd")
+    assert method.code_hash() == source_hash("leaderboard.methods")
+    assert "leaderboard.methods" not in module_dependencies("leaderboard.tasks.modadd")
+    key = runner.cache_key(method, task, 0)
+    assert key == runner.cache_key(method, task, 0)
+    assert key != runner.cache_key(method, task, 1)
+    assert key != runner.cache_key(METHODS["random"], task, 0)
+    assert key != runner.cache_key(method, TASKS["modadd_mlp.difference_family"], 0)
+    monkeypatch.setattr(runner, "versions", lambda: {"torch": "0.0"})
+    assert key != runner.cache_key(method, task, 0)
