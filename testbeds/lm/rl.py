@@ -33,6 +33,7 @@ from testbeds.lm.config import ContinueConfig, RLConfig, SFTConfig, resolve_conf
 from testbeds.lm.language import Language
 from testbeds.lm.train import MODULES, TESTBED, next_token_loss, probe_prompts, train
 from testbeds.loop import TrainLoop, cpu_state
+from testbeds.loop import generator as derived_generator
 from testbeds.runs import Run, RunStore, cached_run
 
 PROBE_KL_SEED = 4242
@@ -182,8 +183,8 @@ def _sample_prompts(config: RLConfig, generator: torch.Generator, device: torch.
 def _train_rl(config: RLConfig, seed: int, store: RunStore | None, device: torch.device) -> dict:
     reference, policy = _reference_and_copy(config.base, seed, device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
-    prompts_g = torch.Generator().manual_seed(seed + 4)
-    samples_g = torch.Generator().manual_seed(seed + 5)
+    prompts_g = derived_generator(seed, "rl/prompts")
+    samples_g = derived_generator(seed, "rl/samples")
     loop = TrainLoop(
         store,
         policy,
@@ -230,8 +231,8 @@ def _train_sft(config: SFTConfig, seed: int, store: RunStore | None, device: tor
     target = float(train_rl(rl, seed, device=device).log["probe_kl"].dropna().iloc[-1])
     reference, policy = _reference_and_copy(rl.base, seed, device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
-    prompts_g = torch.Generator().manual_seed(seed + 6)
-    samples_g = torch.Generator().manual_seed(seed + 7)
+    prompts_g = derived_generator(seed, "sft/prompts")
+    samples_g = derived_generator(seed, "sft/samples")
     loop = TrainLoop(
         store,
         policy,
@@ -297,7 +298,7 @@ def _train_continue(
     rl, base = config.rl, config.rl.base
     reference, model = _reference_and_copy(base, seed, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=rl.lr)
-    batches = torch.Generator().manual_seed(seed + 8)
+    batches = derived_generator(seed, "continue/batches")
     loop = TrainLoop(
         store,
         model,

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from testbeds.lm.config import Config, resolve_config
 from testbeds.lm.language import Language
 from testbeds.loop import TrainLoop
+from testbeds.loop import generator as derived_generator
 from testbeds.runs import Run, RunStore, cached_run
 
 TESTBED = "lm"
@@ -24,7 +25,6 @@ MODULES = ("testbeds.lm",)  # the run key hashes this package and what it import
 PROBE_PER_LATENT = 32  # 8 (topic, style) combinations × 32 = 256 probe prompts
 PROBE_PROMPT_LEN = 8
 PROBE_SEED = 90_210  # the probe prompts are the same for every training seed
-EVAL_SEED_OFFSET = 3
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ def optimal_loss(language: Language, tokens: Tensor) -> Tensor:
 
 
 def eval_sequences(config: Config, seed: int) -> Tensor:
-    """Held-out sequences of a run, (eval_sequences, context), drawn from ``seed + 3``."""
-    g = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
+    """Held-out sequences of a run, (eval_sequences, context), drawn from the seed's "eval" generator."""
+    g = derived_generator(seed, "eval")
     return config.language.sample(config.eval_sequences, config.context, g)[0]
 
 
@@ -81,9 +81,9 @@ def _train(config: Config, seed: int, store: RunStore | None, device: torch.devi
     language = config.language
     held_out = eval_sequences(config, seed).to(device)
     floor = optimal_loss(language, held_out.cpu()).to(device)  # (n,), paired with the model's
-    batches = torch.Generator().manual_seed(seed + 2)
+    batches = derived_generator(seed, "batches")
     model = config.build_model()
-    model.reset_parameters(torch.Generator().manual_seed(seed + 1))
+    model.reset_parameters(derived_generator(seed, "init"))
     model.to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from testbeds.loop import TrainLoop
+from testbeds.loop import generator as derived_generator
 from testbeds.modadd.config import Config, resolve_config
 from testbeds.modadd.ground_truth import GENERALISING_IPR, neuron_frequencies
 from testbeds.modadd.models import ModAddMLP
@@ -49,8 +50,7 @@ def probe_inputs(config: Config) -> Tensor:
 
 def split(config: Config, seed: int) -> tuple[Tensor, Tensor]:
     """Seeded train/test split: (train indices, test indices) into the canonical order."""
-    generator = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(config.n_pairs, generator=generator)
+    perm = torch.randperm(config.n_pairs, generator=derived_generator(seed, "split"))
     return perm[: config.n_train].sort().values, perm[config.n_train :].sort().values
 
 
@@ -65,7 +65,7 @@ def corrupted_labels(config: Config, seed: int) -> tuple[Tensor, Tensor]:
     mask = torch.zeros(config.n_pairs, dtype=torch.bool)
     if config.n_corrupted:
         train_idx, _ = split(config, seed)
-        generator = torch.Generator().manual_seed(seed + 2)
+        generator = derived_generator(seed, "corruption")
         pick = train_idx[torch.randperm(len(train_idx), generator=generator)[: config.n_corrupted]]
         shift = torch.randint(1, config.p, (len(pick),), generator=generator)
         y = y.clone()
@@ -151,7 +151,7 @@ def continue_training(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
-    batches = torch.Generator().manual_seed(seed + 3)
+    batches = derived_generator(seed, "continue/batches")
     label = "full batch" if batch_size is None else f"batch {batch_size}"
     loop = TrainLoop(
         None,
@@ -226,9 +226,9 @@ def _train(config: Config, seed: int, store: RunStore | None, device: torch.devi
         name: (ids.to(device), labels.to(device))
         for name, (ids, labels) in evaluation_groups(config, seed).items()
     }
-    batches = torch.Generator().manual_seed(seed + 1)
+    batches = derived_generator(seed, "batches")
     model = config.build_model()
-    model.reset_parameters(batches)
+    model.reset_parameters(derived_generator(seed, "init"))
     model.to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from testbeds.loop import TrainLoop
+from testbeds.loop import generator as derived_generator
 from testbeds.runs import Run, RunStore, cached_run
 from testbeds.tms.config import Config, resolve_config
 from testbeds.tms.models import TMSModel
@@ -39,9 +40,9 @@ def sample_features(
 
 def dataset(config: Config, seed: int) -> Tensor:
     """The fixed dataset of a ``data="fixed"`` config (or the probe set of a ``"fresh"`` one):
-    (n_points, I, n), drawn from ``seed``; rows scaled to unit L2 norm when ``normalize``
+    (n_points, I, n), drawn from the seed's "data" generator; rows scaled to unit L2 norm when ``normalize``
     (rows with no active feature stay zero)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = derived_generator(seed, "data")
     x = sample_features(config.n_points, config.n_features, config.sparsity, generator)
     if config.normalize:
         norms = x.norm(dim=-1, keepdim=True)
@@ -78,12 +79,12 @@ def _train(config: Config, seed: int, store: RunStore | None, device: torch.devi
             EVAL_POINTS,
             config.n_features,
             config.sparsity,
-            torch.Generator().manual_seed(seed + 3),
+            derived_generator(seed, "eval"),
         ).to(device)
     )
-    batches = torch.Generator().manual_seed(seed + 2)  # fresh batches / minibatch order
+    batches = derived_generator(seed, "batches")  # fresh batches / minibatch order
     model = config.build_model()
-    model.reset_parameters(torch.Generator().manual_seed(seed + 1))
+    model.reset_parameters(derived_generator(seed, "init"))
     model.to(device)
     if config.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
