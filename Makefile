@@ -1,5 +1,6 @@
 # `make run`  : evaluate every claim in hypotheses/, then the leaderboard and the report
-#               (results/records.jsonl, claims.md, leaderboard.{csv,md}, report.html; W&B offline)
+#               (results/records.jsonl, claims.md, leaderboard.{csv,md}, report.html; W&B offline),
+#               then regenerate the results tables in README.md and docs/ (`ntkbench report`)
 # `make test` : the test suite (unit tests, controls, small end-to-end runs)
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/python -m pytest hypotheses/ -n 2 --dist loadgroup -p no:cacheprovider -rA; \
 	claims=$$?; $(BIN)/ntkbench leaderboard; board=$$?; \
-	exit $$(( claims > board ? claims : board ))
+	$(BIN)/ntkbench report; tables=$$?; \
+	worst=$$(( claims > board ? claims : board )); exit $$(( worst > tables ? worst : tables ))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests/ -n 2 -q

@@ -1,20 +1,30 @@
 """The ``ntkbench`` command.
 
+    ntkbench [--device cpu|cuda|auto] COMMAND …
     ntkbench leaderboard [--testbeds …] [--tasks …] [--methods …] [--seeds N] [--plugin FILE]
                          [--wandb offline|online|disabled] [--force] [--timeout S] [--no-plots]
+    ntkbench report [--check [--strict]] [--records FILE] [--root DIR] [FILE …]
     ntkbench list [--plugin FILE]
+
+``--device`` sets ``NTKBENCH_DEVICE`` (where training, kernels, claims and tasks run) for the
+command; without it the environment decides.
 
 ``leaderboard`` scores the methods on the tasks (training comes from the run cache, scores from
 the score cache unless ``--force``), writes ``results/leaderboard.{csv,md}``,
 ``results/claims.md`` and ``results/report.html``, then logs one W&B run (offline by default).
 Its exit status is 0 when every method ran or was not applicable, 1 when any failed, 2 for
 bad arguments — never set by W&B.
+
+``report`` regenerates the results tables in ``README.md`` and ``docs/`` from the records
+(:mod:`leaderboard.generate`); ``report --check`` exits 1, naming the files, blocks and claims,
+when a committed table was made from records whose code has changed since.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -24,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from leaderboard import api, report
+from leaderboard import api, generate, report
 from leaderboard.records import claims_frame, markdown, read, records_path, results_dir
 from leaderboard.runner import evaluate
 from leaderboard.table import aggregate, leaderboard_display, leaderboard_frame
@@ -142,7 +152,7 @@ def cmd_leaderboard(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     )
     parts = aggregate(records)
     images = {"leaderboard_heatmap": report.heatmap(parts, plots / "leaderboard_heatmap.png")}
-    if not args.no_plots and any(t.testbed == "modadd" for t in tasks):
+    if not args.no_plots and any(t.preset == report.SPECTRUM_PRESET for t in tasks):
         images["mlp_spectrum"] = report.spectrum_plot(plots / "mlp_spectrum.png")
         images["mlp_overlap_vs_epoch"] = report.overlap_curve(
             plots / "mlp_overlap_vs_epoch.png", progress=not args.quiet
@@ -198,8 +208,28 @@ def cmd_leaderboard(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     return 1 if failed else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    return generate.main(
+        root=Path(args.root),
+        records_file=Path(args.records) if args.records else records_path(),
+        files=args.files,
+        check_only=args.check,
+        strict=args.strict,
+    )
+
+
+DEVICE_ENV = "NTKBENCH_DEVICE"
+DEVICES = ("cpu", "cuda", "auto")
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="ntkbench", description=__doc__.split("\n\n")[0])
+    main.add_argument(
+        "--device",
+        choices=DEVICES,
+        help=f"where to compute: sets {DEVICE_ENV} for this command (default: the environment's, "
+        "else cpu)",
+    )
     sub = main.add_subparsers(dest="command", required=True)
     board = sub.add_parser("leaderboard", help="score methods on tasks; write tables and report")
     board.add_argument("--testbeds", nargs="+", help="only tasks of these testbeds")
@@ -233,14 +263,39 @@ def parser() -> argparse.ArgumentParser:
     board.set_defaults(subparser=board)
     listing = sub.add_parser("list", help="testbeds, presets, methods, tasks and claims")
     listing.add_argument("--plugin", action="append", default=[], metavar="FILE")
+    tables = sub.add_parser(
+        "report",
+        help="regenerate the results tables in README.md and docs/ from the records",
+        description="Regenerate every generated block (between <!-- ntkbench:begin … --> and "
+        "<!-- ntkbench:end … -->) in README.md and docs/**/*.md from the records; prose "
+        "outside the blocks is kept. With --check, regenerate nothing and exit 1 when a block "
+        "was made from records whose code has changed since.",
+    )
+    tables.add_argument("files", nargs="*", help="only these files (relative to --root)")
+    tables.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1, naming files and claims, when a block's records came from other code",
+    )
+    tables.add_argument(
+        "--strict",
+        action="store_true",
+        help="with --check: a block that was never generated fails too",
+    )
+    tables.add_argument("--records", help="records file (default results/records.jsonl)")
+    tables.add_argument("--root", default=".", help="repository root (default .)")
     return main
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    if args.device is not None:
+        os.environ[DEVICE_ENV] = args.device
     if args.command == "list":
         return cmd_list(args)
+    if args.command == "report":
+        return cmd_report(args)
     return cmd_leaderboard(args, args.subparser)
 
 
