@@ -6,7 +6,7 @@ budget, or returns the wrong shape, NaN or Inf is recorded as ``failed`` with th
 method that raises :class:`leaderboard.api.NotApplicable` is recorded as ``n/a``; every other
 method still runs. Results are appended to ``records.jsonl`` (one locked append per record).
 
-Scores are cached by their inputs: a record whose ``extra.cache_key`` matches and whose status
+Scores are cached by their inputs: a record whose ``cache_key`` matches and whose status
 is ``ok`` or ``n/a`` is reused instead of recomputed, unless ``force``. The key hashes the
 method's name and :func:`testbeds.sources.source_hash` (the module or plug-in file defining it
 and every project module that imports, transitively), the task's name, version and source hash,
@@ -37,7 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from leaderboard.api import DEFAULT_TIMEOUT, Method, NotApplicable, Problem, Task
-from leaderboard.records import Record, append, read, records_path
+from leaderboard.records import Record, append, from_row, read, records_path
 from leaderboard.scoring import indicator_directions
 from testbeds.runs import config_hash, git_sha, versions
 from testbeds.sources import source_hash
@@ -143,7 +143,7 @@ def _cached(path: Path) -> dict[str, dict]:
         return {}
     out = {}
     for row in records.sort_values("started_at").to_dict("records"):
-        key = (row.get("extra") or {}).get("cache_key")
+        key = row.get("cache_key")
         if key and row.get("status") in ("ok", "n/a"):
             out[key] = row
     return out
@@ -151,18 +151,7 @@ def _cached(path: Path) -> dict[str, dict]:
 
 def _as_record(row: dict) -> Record:
     """A record read back from the file (pandas turns missing numbers into NaN)."""
-    fields = {f.name for f in dataclasses.fields(Record)}
-    clean = {k: v for k, v in row.items() if k in fields}
-
-    def missing(v) -> bool:
-        return v is None or (isinstance(v, float) and math.isnan(v))
-
-    for name in ("value", "threshold"):
-        clean[name] = math.nan if missing(clean.get(name)) else float(clean[name])
-    for name in ("chance", "control_value"):
-        clean[name] = None if missing(clean.get(name)) else float(clean[name])
-    clean["seed"] = int(clean["seed"])
-    return Record(**clean)
+    return from_row(row)
 
 
 def _message(error: BaseException) -> str:
@@ -237,17 +226,16 @@ def evaluate(
                     seed=seed,
                     statistic=task.name,
                     value=float(value),
-                    threshold=math.nan if chance is None else float(chance),
-                    comparison=">=",
-                    passed=status == "ok" and chance is not None and value >= chance,
                     chance=chance,
+                    kind="score",
+                    cache_key=keys[method.name],
+                    task_version=str(task.version),
+                    method_hash=method.code_hash(),
                     extra={
                         **extra,
-                        "cache_key": keys[method.name],
                         "k": None if problem is None else problem.k,
                         "method_source": method.source,
                         "method_origin": method.origin,
-                        "task_version": task.version,
                     },
                     config_hash=config_hash(task.config),
                     started_at=started,
