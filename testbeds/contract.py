@@ -235,11 +235,13 @@ class Testbed(ABC):
     @abstractmethod
     def units(self, model: nn.Module) -> list[UnitSpec]:
         """The hidden units (parameter slices, :func:`metrics.entk.hidden_units` format) used
-        for unit kernels, coalitions and clustering, in the order of :meth:`activations`."""
+        for unit kernels, coalitions and clustering."""
 
     @abstractmethod
     def activations(self, model: nn.Module, inputs: Tensor) -> Tensor:
-        """Hidden-unit activations (N, U) on model inputs, in the order of :meth:`units`."""
+        """The hidden representation (N, d) a method reads on model inputs: the units'
+        activations where units are neurons of one layer (then in the order of :meth:`units`),
+        else the testbed's documented representation (the language model's last residual)."""
 
     @abstractmethod
     def ground_truth(self, run: Run, model: nn.Module | None = None) -> GroundTruth:

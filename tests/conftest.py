@@ -19,3 +19,14 @@ def pytest_configure(config):
     threads = max(1, (os.cpu_count() or 1) // workers)
     torch.set_num_threads(threads)
     threadpool_limits(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    import pytest
+
+    skip = pytest.mark.skip(reason="needs a CUDA device; torch sees none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -34,6 +34,7 @@ from testbeds.lm.rl import (
     train_sft,
     trait_reward,
 )
+from testbeds.lm.spec import testbed  # noqa: E402  (the contract object)
 from testbeds.lm.train import (
     TESTBED,
     Prompts,
@@ -46,6 +47,7 @@ from testbeds.lm.train import (
 from testbeds.lm.traits import FACTORS, TraitBattery, trait_battery
 
 __all__ = [
+    "testbed",
     # configuration
     "Config",
     "RLConfig",

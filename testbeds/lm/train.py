@@ -2,7 +2,7 @@
 
 Train (or load from the cache) from the shell::
 
-    python -m testbeds.lm lm_pretrain --seed 0
+    python -m testbeds lm lm_pretrain --seed 0
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def optimal_loss(language: Language, tokens: Tensor) -> Tensor:
 
 
 def eval_sequences(config: Config, seed: int) -> Tensor:
-    """Held-out sequences of a run, (eval_sequences, context), drawn from the seed's "eval" generator."""
+    """Held-out sequences of a run, (eval_sequences, context), drawn from the seed's "eval"
+    generator."""
     g = derived_generator(seed, "eval")
     return config.language.sample(config.eval_sequences, config.context, g)[0]
 

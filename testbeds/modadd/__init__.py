@@ -28,6 +28,7 @@ from testbeds.modadd.ground_truth import (
 )
 from testbeds.modadd.hand_built import fourier_transformer
 from testbeds.modadd.models import ModAddMLP, ModAddTransformer
+from testbeds.modadd.spec import testbed  # noqa: E402  (the contract object)
 from testbeds.modadd.train import (
     TESTBED,
     continue_training,
@@ -43,6 +44,7 @@ from testbeds.modadd.train import (
 )
 
 __all__ = [
+    "testbed",
     # configuration
     "Config",
     "PRESETS",

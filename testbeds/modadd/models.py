@@ -35,10 +35,13 @@ class ModAddMLP(nn.Module):
         for layer in (self.layer1, self.layer2):
             nn.init.normal_(layer.weight, 0.0, 1.0, generator=generator)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def hidden(self, x: Tensor) -> Tensor:
+        """Hidden-neuron activations (N, n)."""
         u = self.layer1(x) / math.sqrt(2 * self.p)  # (N, n) pre-activations
-        h = u * u if self.activation == "quadratic" else torch.relu(u)  # (N, n)
-        return self.layer2(h) / self.width  # (N, p)
+        return u * u if self.activation == "quadratic" else torch.relu(u)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer2(self.hidden(x)) / self.width  # (N, p)
 
     @staticmethod
     def encode(a: Tensor, b: Tensor, p: int) -> Tensor:

@@ -2,7 +2,7 @@
 
 Train (or load from the cache) one preset from the shell::
 
-    python -m testbeds.modadd lin2025_mlp --seed 0
+    python -m testbeds modadd lin2025_mlp --seed 0
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from testbeds.tms.hand_built import (
     partner,
 )
 from testbeds.tms.models import TMSModel
+from testbeds.tms.spec import testbed  # noqa: E402  (the contract object)
 from testbeds.tms.train import (
     REPRESENTED_NORM,
     TESTBED,
@@ -43,6 +44,7 @@ from testbeds.tms.train import (
 )
 
 __all__ = [
+    "testbed",
     # configuration
     "Config",
     "PRESETS",

@@ -2,7 +2,7 @@
 
 Train (or load from the cache) one preset from the shell::
 
-    python -m testbeds.tms lin2025_tms_m10_s0.9 --seed 0
+    python -m testbeds tms lin2025_tms_m10_s0.9 --seed 0
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def sample_features(
 
 def dataset(config: Config, seed: int) -> Tensor:
     """The fixed dataset of a ``data="fixed"`` config (or the probe set of a ``"fresh"`` one):
-    (n_points, I, n), drawn from the seed's "data" generator; rows scaled to unit L2 norm when ``normalize``
-    (rows with no active feature stay zero)."""
+    (n_points, I, n), drawn from the seed's "data" generator; rows scaled to unit L2 norm when
+    ``normalize`` (rows with no active feature stay zero)."""
     generator = derived_generator(seed, "data")
     x = sample_features(config.n_points, config.n_features, config.sparsity, generator)
     if config.normalize:
