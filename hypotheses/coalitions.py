@@ -34,8 +34,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+import testbeds
 from metrics.coalitions import UpdateGame, parameter_masks, tree_decompositions
-from metrics.entk import UnitSpec, hidden_units, unit_similarity
+from metrics.entk import UnitSpec, unit_similarity
 from metrics.hierarchy import (
     Tree,
     block_energy_similarity,
@@ -46,7 +47,6 @@ from metrics.hierarchy import (
 )
 from metrics.noise import GradientNoise
 from metrics.whitened import noise_factor
-from testbeds import modadd
 from testbeds.runs import Run
 from testbeds.trajectory import map_checkpoints, metric_series
 
@@ -58,38 +58,21 @@ PAIR_EVERY = 3  # every third consecutive checkpoint pair, plus the last one
 
 
 def players(model: nn.Module) -> list[UnitSpec]:
-    """The units of a modular-addition network (module docstring)."""
-    if isinstance(model, modadd.models.ModAddMLP):
-        return hidden_units(model, "layer1", "layer2")
-    if isinstance(model, modadd.models.ModAddTransformer):
-        heads = [
-            {
-                **{
-                    f"{m}.weight": (0, list(range(h * model.d_head, (h + 1) * model.d_head)))
-                    for m in ("W_Q", "W_K", "W_V")
-                },
-                "W_O.weight": (1, list(range(h * model.d_head, (h + 1) * model.d_head))),
-            }
-            for h in range(model.n_heads)
-        ]
-        return heads + hidden_units(model, "mlp_in", "mlp_out")
-    raise ValueError(f"no units defined for {type(model).__name__}")
+    """The units of a modular-addition network (module docstring): the testbed's units."""
+    return testbeds.get("modadd").units(model)
 
 
 def training_set(run: Run):
     """(per-example loss, inputs, targets) of the run's training loss."""
-    config = run.config
-    x = modadd.probe_inputs(config)
-    y, _ = modadd.corrupted_labels(config, run.seed)
-    train, _ = modadd.split(config, run.seed)
-    return modadd.per_example_loss(config), x[train], y[train]
+    train = testbeds.of(run).training_set(run)
+    return train.loss, train.loss_inputs, train.targets
 
 
 def similarity(model: nn.Module, run: Run, kind: str) -> torch.Tensor:
     """The unit similarity (U, U) behind one kind of tree (module docstring)."""
     units = players(model)
     if kind == "entk":
-        return unit_similarity(model, modadd.probe_inputs(run.config), units, center=True)
+        return unit_similarity(model, testbeds.of(run).probe(run).inputs, units, center=True)
     loss, x, y = training_set(run)
     model = model.double()
     x = x.double() if x.is_floating_point() else x

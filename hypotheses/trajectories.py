@@ -3,7 +3,7 @@
 Each claim maps a metric over the checkpoints of cached runs with
 :func:`testbeds.trajectory.map_checkpoints`, which caches every checkpoint's values, so a second
 ``make run`` recomputes nothing. H4 and H6 read the same per-checkpoint computation on the
-modular-addition runs (:func:`modadd_metrics`): whichever check asks first computes it, the
+modular-addition runs (:func:`layer_kernel_metrics`): whichever check asks first computes it, the
 other waits for it and reads the cache.
 
 Probe sets (fixed before any value was seen, issue 7): modular addition, all p² pairs;
@@ -20,13 +20,12 @@ end included), so that the claims fit their time budget.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from itertools import combinations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+import testbeds
 from leaderboard.records import results_dir
 from metrics.entk import entk
 from metrics.layer_kernels import layer_kernels
@@ -38,7 +37,7 @@ from metrics.similarity import (
     svcca_of_bases,
 )
 from metrics.spectra import cosine_normalize, effective_rank, participation_ratio
-from testbeds import lm, modadd, tms
+from testbeds.contract import Probe
 from testbeds.runs import Run
 from testbeds.trajectory import map_checkpoints
 
@@ -46,88 +45,22 @@ SEEDS = (0, 1, 2)
 SPARSE_TMS_PRESET = "lin2025_tms_m10_s0.9"  # m = 10 < n = 50 with S = 0.9: superposition
 LM_PRESET = "lm_pretrain"
 THIN_EVERY = 3  # transformer and LM: every third checkpoint (plus the last)
-
-
-class PerExampleLoss(nn.Module):
-    """A model and its loss as one network: packed examples (n, ...) → per-example loss (n, 1).
-
-    ``unpack(packed) -> (inputs, targets)``. The eNTK of this network's output (``"sum"``
-    reduction) is the loss-gradient Gram ⟨∇θ ℓ(x), ∇θ ℓ(x')⟩, and the engine computes it with
-    its structured per-layer products instead of materialising N × P per-example gradients.
-    """
-
-    def __init__(self, model: nn.Module, loss: Callable[[Tensor, Tensor], Tensor], unpack):
-        super().__init__()
-        self.model, self.loss, self.unpack = model, loss, unpack
-
-    def forward(self, packed: Tensor) -> Tensor:
-        inputs, targets = self.unpack(packed)
-        return self.loss(self.model(inputs), targets)[:, None]
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What a testbed's kernels are evaluated on.
-
-    ``inputs`` feed ``readout(model)``, whose outputs the eNTK differentiates (trace
-    reduction). ``packed`` examples, split by ``unpack`` into model inputs and targets, give
-    the per-example losses ``loss(outputs, targets) -> (n,)`` of the loss-gradient Gram.
-    """
-
-    inputs: Tensor
-    readout: Callable[[nn.Module], nn.Module]
-    packed: Tensor
-    unpack: Callable[[Tensor], tuple[Tensor, Tensor]]
-    loss: Callable[[Tensor, Tensor], Tensor]
-
-    def loss_model(self, model: nn.Module) -> PerExampleLoss:
-        return PerExampleLoss(model, self.loss, self.unpack)
-
-
-def _identity(model: nn.Module) -> nn.Module:
-    return model
-
-
-def _sequence_loss(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Mean next-token cross-entropy per sequence: outputs (n, L, V), targets (n, L) → (n,)."""
-    return F.cross_entropy(outputs.transpose(1, 2), targets, reduction="none").mean(-1)
-
-
-def _last_column_targets(packed: Tensor) -> tuple[Tensor, Tensor]:
-    return packed[:, :-1], packed[:, -1].long()
-
-
-def _autoencoder(packed: Tensor) -> tuple[Tensor, Tensor]:
-    return packed, packed
-
-
-def _next_tokens(packed: Tensor) -> tuple[Tensor, Tensor]:
-    return packed[:, :-1], packed[:, 1:]
+# preset → (every how many checkpoints, which per-checkpoint computation). "layer-kernels"
+# also computes H6's kernel similarities, so H4 and H6 share one cached computation.
+PLANS = {
+    "lin2025_mlp": (1, "layer-kernels"),
+    "lin2025_transformer": (THIN_EVERY, "layer-kernels"),
+    SPARSE_TMS_PRESET: (1, "ranks"),
+    LM_PRESET: (THIN_EVERY, "ranks"),
+}
 
 
 def probe_for(run: Run) -> Probe:
-    """The probe set of a run's testbed (module docstring). The loss-gradient Gram uses the
-    training loss: modular addition, every pair with its true label; TMS, the
-    importance-weighted reconstruction error of the fixed dataset; the language model, the
-    next-token loss of the probe prompts' own tokens 2 … 8."""
-    config = run.config
-    if run.testbed == modadd.TESTBED:
-        x = modadd.probe_inputs(config)
-        y = modadd.labels(config.p)
-        packed = torch.cat([x, y[:, None].to(x.dtype)], dim=1)
-        return Probe(x, _identity, packed, _last_column_targets, modadd.per_example_loss(config))
-    if run.testbed == tms.TESTBED:
-        x = tms.probe_inputs(config, run.seed)
-        weights = tms.importances(config)  # (n,)
-
-        def reconstruction(outputs: Tensor, targets: Tensor) -> Tensor:
-            return ((outputs - targets) ** 2 * weights.to(outputs)).sum(-1)
-
-        return Probe(x, _identity, x, _autoencoder, reconstruction)
-    if run.testbed == lm.TESTBED:
-        prompts = lm.probe_prompts(config.language).tokens
-        return Probe(prompts, lm.LastTokenLogProbs, prompts, _next_tokens, _sequence_loss)
-    raise ValueError(f"no probe set for testbed {run.testbed!r}; known: modadd, tms, lm")
+    """The probe set of a run's testbed (module docstring), from the testbed contract. The
+    loss-gradient Gram uses the training loss: modular addition, every pair with its true
+    label; TMS, the importance-weighted reconstruction error of the fixed dataset; the language
+    model, the next-token loss of the probe prompts' own tokens 2 … 8."""
+    return testbeds.of(run).probe(run)
 
 
 def thinned(steps: Sequence[int], every: int = THIN_EVERY) -> list[int]:
@@ -171,8 +104,8 @@ def rank_statistics(
 
 
 def loss_gradient_gram(model: nn.Module, probe: Probe) -> Tensor:
-    """⟨∇θ ℓ(x), ∇θ ℓ(x')⟩ over the probe's packed examples, (N, N)."""
-    return entk(probe.loss_model(model), probe.packed, output="sum")
+    """⟨∇θ ℓ(x), ∇θ ℓ(x')⟩ over the probe's examples, (N, N)."""
+    return entk(probe.loss_model(model), probe.rows, output="sum")
 
 
 def rank_metrics(probe: Probe) -> Callable[[nn.Module, int], dict[str, float]]:
@@ -238,9 +171,9 @@ def pair_similarities(kernels: dict[str, Tensor]) -> dict[str, float]:
     return out
 
 
-def modadd_metrics(probe: Probe) -> Callable[[nn.Module, int], dict[str, float]]:
-    """H4's rank statistics and H6's pair similarities of a modular-addition checkpoint, from
-    one computation of the layer kernels."""
+def layer_kernel_metrics(probe: Probe) -> Callable[[nn.Module, int], dict[str, float]]:
+    """H4's rank statistics and H6's pair similarities of one checkpoint, from one computation
+    of the layer kernels (forward, backward and eNTK of every dense/embedding layer)."""
 
     def metric(model: nn.Module, step: int) -> dict[str, float]:
         kernels, full = kernel_family(model, probe.inputs)
@@ -253,22 +186,14 @@ def modadd_metrics(probe: Probe) -> Callable[[nn.Module, int], dict[str, float]]
 
 
 def trajectory(run: Run, preset: str):
-    """The per-checkpoint frame of a run for H4 (and H6 on modular addition), cached."""
-    probe = probe_for(run)
-    steps = run.steps
-    if (run.testbed == modadd.TESTBED and run.config.arch == "transformer") or (
-        run.testbed == lm.TESTBED
-    ):
-        steps = thinned(steps)
-    if run.testbed == modadd.TESTBED:
-        return map_checkpoints(
-            run,
-            modadd_metrics(probe),
-            name="modadd-kernels",
-            steps=steps,
-            preset=preset,
-        )
-    return map_checkpoints(run, rank_metrics(probe), name="ranks", steps=steps, preset=preset)
+    """The per-checkpoint frame of a run for H4 (and H6), cached; what is computed, and on
+    which checkpoints, is the preset's entry in :data:`PLANS`."""
+    if preset not in PLANS:
+        raise ValueError(f"preset must be one of {sorted(PLANS)} (PLANS), got preset={preset!r}")
+    every, kind = PLANS[preset]
+    steps = thinned(run.steps, every) if every > 1 else run.steps
+    metric = layer_kernel_metrics if kind == "layer-kernels" else rank_metrics
+    return map_checkpoints(run, metric(probe_for(run)), name=kind, steps=steps, preset=preset)
 
 
 def plots_dir(claim: str):

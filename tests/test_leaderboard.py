@@ -631,7 +631,7 @@ def test_lm_prompt_tasks_score_partitions_by_kmeans():
     assert torch.allclose(
         lm_tasks.nll(logp, probe.tokens[:, 8]), -logp[torch.arange(256), probe.tokens[:, 8]]
     )
-    assert lm_tasks.last_residual(model, probe.tokens[:, :8]).shape == (256, 8)
+    assert lm_tasks.BED.activations(model, probe.tokens[:, :8]).shape == (256, 8)
 
 
 def test_gauss_newton_method_is_not_applicable_when_the_loss_is_linear_in_outputs():

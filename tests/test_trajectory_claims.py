@@ -13,9 +13,9 @@ from hypotheses.test_h4_kernel_rank import H4_RATIO_MIN, H4_SPEARMAN_MIN, rank_v
 from hypotheses.test_h5_grokking_spectrum import central_difference, outside, peak
 from hypotheses.test_h6_cka_cca import H6_KENDALL_MIN, kendall, paired_similarities
 from hypotheses.trajectories import (
-    PerExampleLoss,
     is_constant,
     kernel_family,
+    loss_gradient_gram,
     pair_similarities,
     rank_statistics,
     thinned,
@@ -24,6 +24,7 @@ from metrics.entk import entk
 from metrics.noise import per_example_gradients
 from metrics.spectra import cosine_normalize, effective_rank
 from testbeds import modadd, tms
+from testbeds.contract import Probe
 
 
 def _frame(steps, values, metric="erank"):
@@ -156,8 +157,7 @@ def test_loss_gradient_gram_equals_per_example_gradients(arch):
         def loss(out, y):
             return ((out - y) ** 2 * w).sum(-1)
 
-        packed, inputs, targets = x, x, x
-        unpack = lambda z: (z, z)  # noqa: E731
+        inputs, targets = x, x
     else:
         config = modadd.Config(
             arch=arch,
@@ -173,14 +173,10 @@ def test_loss_gradient_gram_equals_per_example_gradients(arch):
         inputs = inputs.double() if inputs.is_floating_point() else inputs
         targets = modadd.labels(5)
         loss = modadd.per_example_loss(config)
-        packed = torch.cat([inputs, targets[:, None].to(inputs.dtype)], 1)
-
-        def unpack(z):
-            return z[:, :-1], z[:, -1].long()
 
     G, _ = per_example_gradients(model, loss, inputs, targets)
-    K = entk(PerExampleLoss(model, loss, unpack), packed, output="sum")
-    assert torch.allclose(K, _gram(G), rtol=1e-9, atol=1e-12)
+    probe = Probe(inputs=inputs, targets=targets, loss=loss)
+    assert torch.allclose(loss_gradient_gram(model, probe), _gram(G), rtol=1e-9, atol=1e-12)
 
 
 def test_thinned_keeps_ends():

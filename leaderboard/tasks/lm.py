@@ -18,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
-from torch import Tensor, nn
+from torch import Tensor
 
+import testbeds
 from leaderboard.api import Problem, Task, register_task
 from leaderboard.scoring import partition_chance
 from testbeds import lm
@@ -28,11 +29,7 @@ from testbeds.lm.train import PROBE_PROMPT_LEN
 PRESET = "lm_pretrain"
 FACTORS = {"topic": 4, "style": 2}
 KMEANS_RESTARTS = 10
-
-
-def last_residual(model: nn.Module, inputs: Tensor) -> Tensor:
-    """(N, d_model): the final residual stream at the last position."""
-    return model.model.residual(inputs)[:, -1]
+BED = testbeds.get("lm")
 
 
 def nll(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -55,7 +52,7 @@ def _task(factor: str) -> Task:
     k = FACTORS[factor]
 
     def setup(seed: int):
-        model = lm.LastTokenLogProbs(lm.train(config, seed).final_model()).eval()
+        model = lm.LastTokenLogProbs(BED.train(config, seed).final_model()).eval()
         probe = lm.probe_prompts(config.language, PROBE_PROMPT_LEN + 1)
         inputs, targets = probe.tokens[:, :-1], probe.tokens[:, -1]
         truth = getattr(probe, factor)
@@ -68,7 +65,7 @@ def _task(factor: str) -> Task:
             rows=len(inputs),
             targets=targets,
             loss=nll,
-            activations=last_residual,
+            activations=BED.activations,
             seed=seed,
             task=name,
         )

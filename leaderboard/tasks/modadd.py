@@ -25,15 +25,14 @@ use, not knowledge of the trained network.
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
 
+import testbeds
 from leaderboard.api import Problem, Task, register_task
 from leaderboard.scoring import partition_score, subspace_score
-from metrics.entk import hidden_units
 from metrics.spectra import orthonormal_basis
 from testbeds import modadd
 
@@ -61,44 +60,32 @@ def family_basis(p: int, family: str) -> Tensor:
     return orthonormal_basis(modadd.fourier_family(p, family), center=True)
 
 
-def mlp_activations(model: nn.Module, inputs: Tensor) -> Tensor:
-    """Hidden activations of the quadratic MLP, (N, width)."""
-    u = model.layer1(inputs) / math.sqrt(2 * model.p)  # (N, width), as in ModAddMLP.forward
-    return u * u if model.activation == "quadratic" else torch.relu(u)
-
-
-def transformer_activations(model: nn.Module, inputs: Tensor) -> Tensor:
-    """MLP neuron activations at "=", (N, d_mlp)."""
-    return model.neuron_activations(inputs)
+BED = testbeds.get("modadd")
 
 
 def _model(config: modadd.Config, seed: int) -> nn.Module:
     """The trained network (from the run cache)."""
-    return modadd.train(config, seed).final_model().eval()
+    return BED.train(config, seed).final_model().eval()
 
 
 def _problem(config, model, seed: int, task: str, *, k: int, kind: str, over: str, **fields):
-    """The Problem of a modular-addition task on a loaded model."""
-    inputs = modadd.probe_inputs(config)
-    arch_fields = (
-        {"activations": mlp_activations, "units": hidden_units(model, "layer1", "layer2")}
-        if config.arch == "mlp"
-        else {"activations": transformer_activations}
-    )
-    rows = len(arch_fields["units"]) if over == "units" else config.p**2
+    """The Problem of a modular-addition task on a loaded model, from the testbed contract."""
+    probe = BED.probe(BED.train(config, seed))
+    units = BED.units(model) if over == "units" else None
     return Problem(
         model=model,
-        inputs=inputs,
+        inputs=probe.inputs,
         k=k,
         kind=kind,
         over=over,
-        rows=rows,
-        targets=modadd.labels(config.p),
-        loss=modadd.per_example_loss(config),
+        rows=len(units) if over == "units" else len(probe.inputs),
+        targets=probe.targets,
+        loss=probe.loss,
         graphs=torus_graphs(config.p),
         seed=seed,
         task=task,
-        **arch_fields,
+        activations=BED.activations,
+        units=units,
         **fields,
     )
 

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+import testbeds
 from leaderboard.api import Problem, Task, register_task
 from testbeds import tms
 
 PRESETS = ("lin2025_tms_m10_s0.3", "lin2025_tms_m10_s0.9", "lin2025_tms_m40_s0.9")
+BED = testbeds.get("tms")
 
 
 def contributions(model: nn.Module, inputs: Tensor) -> Tensor:
     """(N·n, m) channel-major: row c·N + x is W[:, c] ∘ h(x)."""
     W = model.W[0]  # (m, n)
-    h = model.hidden(inputs)  # (N, m)
+    h = BED.activations(model, inputs)  # (N, m)
     return (W.T[:, None, :] * h[None, :, :]).reshape(-1, W.shape[0])  # (n, N, m) → (n·N, m)
 
 
@@ -40,9 +42,10 @@ def _task(preset: str) -> Task:
         return term_loss(outputs, targets).sum(-1)
 
     def setup(seed: int):
-        model = tms.train(config, seed).final_model().eval()
-        inputs = tms.probe_inputs(config, seed)
-        truth = tms.ground_truth(model, inputs)
+        run = BED.train(config, seed)
+        model = run.final_model().eval()
+        inputs = BED.probe(run).inputs
+        truth = BED.ground_truth(run, model).values["features"]
         if truth.n_represented == 0:
             raise ValueError(f"{preset} seed {seed} represents no feature; the task is undefined")
         problem = Problem(
