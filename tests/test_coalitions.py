@@ -369,5 +369,5 @@ def test_claim_players_of_the_modadd_networks():
     assert sizes[net.n_heads :].unique().tolist() == [2 * net.d_model + bias]
     mlp_units = players(modadd.preset("lin2025_mlp").build_model())
     assert len(mlp_units) == 512
-    with pytest.raises(ValueError, match="must name an nn.Linear module"):
+    with pytest.raises(ValueError, match="must be a ModAddMLP or ModAddTransformer"):
         players(nn.Linear(2, 2))

@@ -17,16 +17,22 @@ from testbeds.sources import ROOT, module_dependencies, source_hash
 
 
 def test_closure_of_a_known_module():
-    deps = module_dependencies("testbeds.modadd.train")
+    deps = module_dependencies("testbeds.loop")
     assert deps == tuple(sorted(deps))
-    # itself, its packages' inits, what it imports (absolute and relative)
-    assert {"testbeds", "testbeds.modadd", "testbeds.modadd.train", "testbeds.runs"} <= set(deps)
-    assert "testbeds.modadd.models" in deps
-    # nothing it does not import: other testbeds, metrics, claims, the leaderboard
-    assert not any(
-        d.startswith(("testbeds.tms", "testbeds.lm", "metrics", "hypotheses")) for d in deps
-    )
-    assert not any(d.startswith("leaderboard") for d in deps)
+    # itself, its package's init, and what they import
+    assert set(deps) == {
+        "testbeds",
+        "testbeds.contract",
+        "testbeds.loop",
+        "testbeds.runs",
+        "testbeds.sources",
+    }
+    modadd = set(module_dependencies("testbeds.modadd.train"))
+    # importing a submodule runs its packages' inits: the testbed package and what it imports
+    assert {"testbeds.modadd", "testbeds.modadd.models", "testbeds.modadd.spec"} <= modadd
+    # nothing it does not import: other testbeds, claims, the leaderboard
+    assert not any(d.startswith(("testbeds.tms", "testbeds.lm", "hypotheses")) for d in modadd)
+    assert not any(d.startswith(("leaderboard", "testbeds.trajectory")) for d in modadd)
 
 
 def test_closure_is_transitive_and_counts_submodule_imports():
@@ -34,10 +40,11 @@ def test_closure_is_transitive_and_counts_submodule_imports():
     assert {"testbeds.trajectory", "testbeds.runs", "testbeds"} <= deps
     claim = set(module_dependencies("hypotheses.trajectories"))
     assert {"metrics.entk", "metrics", "testbeds.trajectory", "hypotheses"} <= claim
-    # `from testbeds import modadd` imports the package testbeds.modadd, and with it what its
+    # `from testbeds import lm` imports the package testbeds.lm, and with it what its
     # __init__.py imports
-    assert {"testbeds.modadd", "testbeds.modadd.train"} <= claim
-    assert deps <= claim
+    h4 = set(module_dependencies("hypotheses.test_h4_kernel_rank"))
+    assert {"testbeds.lm", "testbeds.lm.train", "hypotheses.trajectories"} <= h4
+    assert deps <= claim <= h4
 
 
 def test_imports_inside_functions_relative_and_from_package(tmp_path, monkeypatch):

@@ -38,9 +38,6 @@ def _task(preset: str) -> Task:
     def term_loss(outputs: Tensor, targets: Tensor) -> Tensor:
         return (targets - outputs).pow(2) * weights.to(outputs)
 
-    def loss(outputs: Tensor, targets: Tensor) -> Tensor:
-        return term_loss(outputs, targets).sum(-1)
-
     def setup(seed: int):
         run = BED.train(config, seed)
         model = run.final_model().eval()
@@ -56,7 +53,7 @@ def _task(preset: str) -> Task:
             over="flattened",
             rows=inputs.numel(),
             targets=inputs,
-            loss=loss,
+            loss=tms.reconstruction_loss(config),
             term_loss=term_loss,
             activations=contributions,
             seed=seed,

@@ -42,6 +42,7 @@ from testbeds.lm.train import (
     next_token_loss,
     optimal_loss,
     probe_prompts,
+    sequence_loss,
     train,
 )
 from testbeds.lm.traits import FACTORS, TraitBattery, trait_battery
@@ -66,6 +67,7 @@ __all__ = [
     "TinyLM",
     "LastTokenLogProbs",
     "next_token_loss",
+    "sequence_loss",
     # training stages
     "TESTBED",
     "train",

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metrics.entk import hidden_units
@@ -18,7 +17,7 @@ from testbeds.contract import GroundTruth, Probe, Testbed
 from testbeds.lm.config import PRESETS, Config, ContinueConfig, RLConfig, SFTConfig
 from testbeds.lm.model import LastTokenLogProbs, TinyLM
 from testbeds.lm.rl import train_continue, train_rl, train_sft
-from testbeds.lm.train import TESTBED, eval_sequences, probe_prompts, train
+from testbeds.lm.train import TESTBED, eval_sequences, probe_prompts, sequence_loss, train
 from testbeds.runs import Run
 
 STAGES = {Config: train, RLConfig: train_rl, SFTConfig: train_sft, ContinueConfig: train_continue}
@@ -29,11 +28,6 @@ def base_config(config: Any) -> Config:
     while not isinstance(config, Config):
         config = config.base if isinstance(config, RLConfig) else config.rl
     return config
-
-
-def sequence_loss(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Mean next-token cross-entropy per sequence: outputs (n, L, V), targets (n, L) → (n,)."""
-    return F.cross_entropy(outputs.transpose(1, 2), targets, reduction="none").mean(-1)
 
 
 class LM(Testbed):
@@ -94,4 +88,4 @@ class LM(Testbed):
 
 
 testbed = LM()
-__all__ = ["LM", "base_config", "sequence_loss", "testbed"]
+__all__ = ["LM", "base_config", "testbed"]

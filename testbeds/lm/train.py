@@ -49,12 +49,16 @@ def probe_prompts(language: Language, length: int = PROBE_PROMPT_LEN) -> Prompts
     return Prompts(tokens, topic, style)
 
 
+def sequence_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    """The testbed's loss per example: mean next-token cross-entropy of each sequence,
+    logits (n, L, V) against tokens (n, L) → (n,)."""
+    return F.cross_entropy(outputs.transpose(1, 2), targets, reduction="none").mean(-1)
+
+
 def next_token_loss(model: nn.Module, tokens: Tensor) -> Tensor:
-    """Mean next-token cross-entropy of every sequence, (n,): positions 2..L predicted from
-    their prefixes."""
-    logits = model(tokens[:, :-1])  # (n, L−1, V)
-    nll = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
-    return nll.mean(-1)
+    """:func:`sequence_loss` of every sequence, (n,): positions 2..L predicted from their
+    prefixes."""
+    return sequence_loss(model(tokens[:, :-1]), tokens[:, 1:])
 
 
 def optimal_loss(language: Language, tokens: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from testbeds.modadd.ground_truth import (
     neuron_frequencies,
 )
 from testbeds.modadd.hand_built import fourier_transformer
-from testbeds.modadd.models import ModAddTransformer
+from testbeds.modadd.models import ModAddMLP, ModAddTransformer
 from testbeds.modadd.train import (
     TESTBED,
     corrupted_labels,
@@ -74,8 +74,12 @@ class ModAdd(Testbed):
     def units(self, model: nn.Module) -> list[dict]:
         """The MLP's hidden neurons; for the transformer, its attention heads (each head's
         W_Q, W_K, W_V rows and W_O columns) followed by its d_mlp MLP neurons."""
-        if not isinstance(model, ModAddTransformer):
+        if isinstance(model, ModAddMLP):
             return hidden_units(model, "layer1", "layer2")
+        if not isinstance(model, ModAddTransformer):
+            raise ValueError(
+                f"model must be a ModAddMLP or ModAddTransformer, got {type(model).__name__}"
+            )
         heads = []
         for h in range(model.n_heads):
             block = list(range(h * model.d_head, (h + 1) * model.d_head))

@@ -202,9 +202,8 @@ def per_example_loss(config: Config) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 def _loss(config: Config, logits: Tensor, targets: Tensor) -> Tensor:
-    if config.loss == "mse":
-        return F.mse_loss(logits, F.one_hot(targets, config.p).to(logits.dtype))
-    return F.cross_entropy(logits, targets)
+    """The training loss: the mean of :func:`per_example_loss`."""
+    return per_example_loss(config)(logits, targets).mean()
 
 
 @torch.no_grad()

@@ -38,6 +38,7 @@ from testbeds.tms.train import (
     importances,
     loss_per_instance,
     probe_inputs,
+    reconstruction_loss,
     represented,
     sample_features,
     train,
@@ -56,6 +57,7 @@ __all__ = [
     "dataset",
     "probe_inputs",
     "loss_per_instance",
+    "reconstruction_loss",
     # training
     "TESTBED",
     "train",

@@ -13,7 +13,7 @@ from testbeds.tms.config import PRESETS, Config
 from testbeds.tms.ground_truth import ground_truth
 from testbeds.tms.hand_built import antipodal_solution, identity_solution
 from testbeds.tms.models import TMSModel
-from testbeds.tms.train import TESTBED, importances, probe_inputs, train
+from testbeds.tms.train import TESTBED, probe_inputs, reconstruction_loss, train
 
 
 def _single(model: TMSModel) -> TMSModel:
@@ -43,16 +43,11 @@ class TMS(Testbed):
                 f"n_instances={config.n_instances}"
             )
         x = probe_inputs(config, run.seed)
-        weights = importances(config)
-
-        def reconstruction(outputs: Tensor, targets: Tensor) -> Tensor:
-            return ((outputs - targets) ** 2 * weights.to(outputs)).sum(-1)
-
         fixed = config.data == "fixed"
         return Probe(
             inputs=x,
             targets=x,
-            loss=reconstruction,
+            loss=reconstruction_loss(config),
             train_rows=torch.arange(len(x)) if fixed else None,
         )
 

@@ -7,6 +7,8 @@ Train (or load from the cache) one preset from the shell::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -57,11 +59,21 @@ def probe_inputs(config: Config, seed: int) -> Tensor:
     return x[:, 0] if config.n_instances == 1 else x
 
 
+def reconstruction_loss(config: Config) -> Callable[[Tensor, Tensor], Tensor]:
+    """The testbed's loss per example: ``loss(outputs, targets)`` = the importance-weighted
+    squared error Σ_i I_i (y_i − x_i)² over the last (feature) axis. ``vmap``-safe."""
+    weights = importances(config)
+
+    def loss(outputs: Tensor, targets: Tensor) -> Tensor:
+        return ((outputs - targets) ** 2 * weights.to(outputs)).sum(-1)
+
+    return loss
+
+
 def loss_per_instance(config: Config, model: TMSModel, x: Tensor) -> Tensor:
-    """Importance-weighted reconstruction error Σ_i I_i (x_i − y_i)², averaged over the batch,
-    per instance: (I,)."""
-    error = (x - model(x)) ** 2 * importances(config).to(x)
-    return error.sum(-1).mean(0)
+    """The training loss of each instance, (I,): :func:`reconstruction_loss` of x averaged
+    over the batch."""
+    return reconstruction_loss(config)(model(x), x).mean(0)
 
 
 def represented(model: TMSModel, threshold: float = REPRESENTED_NORM) -> Tensor:
