@@ -56,6 +56,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
+from hypotheses.compute import on_cpu, to_device
 from leaderboard.records import SUPERSEDED_V1
 from metrics.clustering import spectral_partition
 from metrics.entk import UnitGram, entk, hidden_units, unit_gram
@@ -115,7 +116,7 @@ def cliff(vectors: torch.Tensor, which: int, p: int) -> torch.Tensor:
 def mlp_layer_kernels(model: nn.Module) -> dict[str, torch.Tensor]:
     """Trace eNTK of each layer of a ModAddMLP over all p² inputs."""
     inputs = modadd.ModAddMLP.encode(*modadd.pairs(model.p), model.p)
-    return entk(model, inputs, output="trace", by_layer=True)
+    return on_cpu(entk(*to_device(model, inputs), output="trace", by_layer=True))
 
 
 def h1a_statistics(kernels: dict[str, torch.Tensor], p: int) -> dict[str, float]:
@@ -147,7 +148,8 @@ def h1c_gram(model: modadd.ModAddMLP) -> UnitGram:
     """Inner products of the hidden neurons' unit kernels (trace reduction); its
     ``similarity()`` is S, ``similarity(center=True)`` the double-centred variant."""
     inputs = modadd.ModAddMLP.encode(*modadd.pairs(model.p), model.p)
-    return unit_gram(model, inputs, hidden_units(model, FIRST_LAYER, OUTPUT_LAYER))
+    units = hidden_units(model, FIRST_LAYER, OUTPUT_LAYER)
+    return on_cpu(unit_gram(*to_device(model, inputs), units))
 
 
 def h1c_cluster(S: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -183,7 +185,8 @@ def transformer_neuron_gram(model: modadd.ModAddTransformer) -> UnitGram:
     """Unit-kernel inner products of the transformer's MLP neurons (trace reduction) over all
     p² inputs."""
     tokens = torch.stack([*modadd.pairs(model.p), torch.full((model.p**2,), model.p)], dim=1)
-    return unit_gram(model, tokens, hidden_units(model, "mlp_in", "mlp_out"))
+    units = hidden_units(model, "mlp_in", "mlp_out")
+    return on_cpu(unit_gram(*to_device(model, tokens), units))
 
 
 # ----------------------------------------------------------------------------- checks

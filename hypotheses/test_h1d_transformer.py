@@ -41,6 +41,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hypotheses.compute import to_device
 from metrics.entk import entk
 from metrics.spectra import eigh_sorted, orthonormal_basis, overlap_chance, subspace_overlap
 from testbeds import modadd
@@ -74,7 +75,7 @@ def unembed_kernel(model: modadd.ModAddTransformer) -> torch.Tensor:
     """The unembedding layer's eNTK of the summed logits over all p² inputs, (p², p²)."""
     p = model.p
     tokens = torch.stack([*modadd.pairs(p), torch.full((p * p,), p)], dim=1)
-    return entk(model, tokens, output="sum", groups={UNEMBED: [UNEMBED]})
+    return entk(*to_device(model, tokens), output="sum", groups={UNEMBED: [UNEMBED]}).cpu()
 
 
 def key_sum_overlap(kernel: torch.Tensor, key: torch.Tensor, p: int) -> float:

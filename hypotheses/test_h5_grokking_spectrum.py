@@ -31,6 +31,7 @@ import math
 import pandas as pd
 import pytest
 
+from hypotheses.compute import to_device
 from hypotheses.test_h1_fourier_circuits import cliff, family_bases
 from hypotheses.trajectories import SEEDS, plots_dir
 from metrics.entk import entk
@@ -65,7 +66,7 @@ def spectrum_metric(p: int):
     F = 2 * (p - 1)
 
     def metric(model, step):
-        values, vectors = eigh_sorted(entk(model, inputs, output="trace"))
+        values, vectors = eigh_sorted(entk(*to_device(model, inputs), output="trace").cpu())
         second = cliff(vectors, 2, p)
         return {
             "overlap_sum": normalized_overlap(second, bases["sum"]),

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 import testbeds
+from hypotheses.compute import on_cpu, to_device
 from leaderboard.records import results_dir
 from metrics.entk import entk
 from metrics.layer_kernels import layer_kernels
@@ -104,15 +105,19 @@ def rank_statistics(
 
 
 def loss_gradient_gram(model: nn.Module, probe: Probe) -> Tensor:
-    """⟨∇θ ℓ(x), ∇θ ℓ(x')⟩ over the probe's examples, (N, N)."""
-    return entk(probe.loss_model(model), probe.rows, output="sum")
+    """⟨∇θ ℓ(x), ∇θ ℓ(x')⟩ over the probe's examples, (N, N), computed on the compute
+    device (``model`` and ``probe`` are moved there)."""
+    model, rows = to_device(model, probe.rows)
+    probe = probe.to(rows.device)
+    return entk(probe.loss_model(model), rows, output="sum").cpu()
 
 
 def rank_metrics(probe: Probe) -> Callable[[nn.Module, int], dict[str, float]]:
     """The H4 metric of one probe set (TMS and LM runs)."""
 
     def metric(model: nn.Module, step: int) -> dict[str, float]:
-        layers = entk(probe.readout(model), probe.inputs, output="trace", by_layer=True)
+        readout, inputs = to_device(probe.readout(model), probe.inputs)
+        layers = on_cpu(entk(readout, inputs, output="trace", by_layer=True))
         kernel = sum(layers.values())
         return rank_statistics(kernel, layers, loss_gradient_gram(model, probe))
 
@@ -176,7 +181,7 @@ def layer_kernel_metrics(probe: Probe) -> Callable[[nn.Module, int], dict[str, f
     of the layer kernels (forward, backward and eNTK of every dense/embedding layer)."""
 
     def metric(model: nn.Module, step: int) -> dict[str, float]:
-        kernels, full = kernel_family(model, probe.inputs)
+        kernels, full = on_cpu(kernel_family(*to_device(model, probe.inputs)))
         layers = {k.split("/", 1)[1]: K for k, K in kernels.items() if k.startswith("Θ/")}
         out = rank_statistics(full, layers, loss_gradient_gram(model, probe))
         out.update(pair_similarities(kernels))

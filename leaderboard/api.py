@@ -32,6 +32,8 @@ ground truth, and scores an output in [0, 1] next to its chance level.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -102,6 +104,18 @@ class Problem:
     seed: int = 0
     task: str = ""
 
+    def on(self, device: str | torch.device) -> Problem:
+        """A copy with its own copy of the model, the model and the tensors on ``device``."""
+        return dataclasses.replace(
+            self,
+            model=copy.deepcopy(self.model).to(device),
+            inputs=self.inputs.to(device),
+            targets=self.targets.to(device),
+            graphs=None
+            if self.graphs is None
+            else {k: g.to(device) for k, g in self.graphs.items()},
+        )
+
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got kind={self.kind!r}")
@@ -154,6 +168,18 @@ class Task:
     setup: Callable[[int], tuple[Problem, Any]]
     score: Callable[[Tensor, Any, Problem], tuple[float, float, dict]]
     version: int = 1  # an input of the scoring other than its code (code is hashed)
+
+    def on(self, device: str | torch.device) -> Problem:
+        """A copy with its own copy of the model, the model and the tensors on ``device``."""
+        return dataclasses.replace(
+            self,
+            model=copy.deepcopy(self.model).to(device),
+            inputs=self.inputs.to(device),
+            targets=self.targets.to(device),
+            graphs=None
+            if self.graphs is None
+            else {k: g.to(device) for k, g in self.graphs.items()},
+        )
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -34,15 +34,14 @@ from pathlib import Path
 
 import torch
 
+import testbeds
 from leaderboard import api, generate, report
 from leaderboard.records import claims_frame, markdown, read, records_path, results_dir
 from leaderboard.runner import evaluate
 from leaderboard.table import aggregate, leaderboard_display, leaderboard_frame
 from leaderboard.wandb_log import MODES, log_run
-from testbeds import lm, modadd, tms
 from testbeds.runs import git_sha
 
-TESTBEDS = {"lm": lm, "modadd": modadd, "tms": tms}
 BASELINES = ("random", "activation_pca")  # always run, so every table has its reference rows
 DEFAULT_SEEDS = 3
 
@@ -80,8 +79,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for warning in _load(args.plugin):
         print(f"warning: {warning}", file=sys.stderr)
     print("testbeds and presets:")
-    for name, module in TESTBEDS.items():
-        print(f"  {name}: {', '.join(module.PRESETS)}")
+    for name in testbeds.names():
+        print(f"  {name}: {', '.join(testbeds.get(name).presets)}")
     print("\nmethods:")
     for method in api.METHODS.values():
         print(f"  {method.name:16s} [{method.origin}] {method.source}")

@@ -18,8 +18,6 @@ Reused records are returned, not appended again, so the file never double-counts
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import hashlib
 import json
 import math
@@ -39,6 +37,7 @@ from tqdm.auto import tqdm
 from leaderboard.api import DEFAULT_TIMEOUT, Method, NotApplicable, Problem, Task
 from leaderboard.records import Record, append, from_row, read, records_path
 from leaderboard.scoring import indicator_directions
+from testbeds.loop import device_kind, resolve_device
 from testbeds.runs import config_hash, git_sha, versions
 from testbeds.sources import source_hash
 
@@ -127,6 +126,7 @@ def _key(method: str, method_code: str, task: Task, codes: tuple[str, str], seed
         "config": config_hash(task.config),
         "seed": seed,
         "versions": lib,
+        "device": device_kind(resolve_device()),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -209,9 +209,11 @@ def evaluate(
                     status, message = "failed", setup_error
                 else:
                     try:
-                        mine = dataclasses.replace(problem, model=copy.deepcopy(problem.model))
+                        mine = problem.on(resolve_device())  # its own copy of the model
                         budget = method.timeout if method.timeout is not None else timeout
-                        output = check_output(_call(method, mine, budget), problem)
+                        output = _call(method, mine, budget)
+                        output = output.cpu() if isinstance(output, Tensor) else output
+                        output = check_output(output, problem)
                         value, chance, extra = task.score(output, truth, problem)
                         if not 0.0 <= value <= 1.0 + 1e-9:
                             raise OutputError(f"task score {value} outside [0, 1]")

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -57,17 +56,6 @@ COLUMNS = ("testbed", "preset", "seed", "step", "metric", "value")
 TRAJECTORY_FORMAT = 1
 
 Metric = Callable[[nn.Module, int], Mapping[str, float] | float]
-
-
-def preset_name(run: Run) -> str:
-    """The name of the preset whose config equals the run's, else ``custom-<config hash>``."""
-    package = run.testbed.split("_")[0]
-    with contextlib.suppress(ImportError):
-        presets = getattr(importlib.import_module(f"testbeds.{package}"), "PRESETS", {})
-        for name, config in presets.items():
-            if config == run.config:
-                return name
-    return f"custom-{config_hash(run.config)}"
 
 
 def _bound(fn: Any) -> Any:
@@ -180,7 +168,7 @@ def map_checkpoints(
         version: the inputs other than code that the values depend on (hashed into the cache
             key with the source of the metric's module and its project imports).
         steps: the checkpoints to evaluate (default: all of them).
-        preset: the label in the frame's ``preset`` column (default :func:`preset_name`).
+        preset: the label in the frame's ``preset`` column (default ``run.preset``).
         cache: read and write the per-checkpoint cache.
         workers: threads evaluating checkpoints concurrently. Useful when the metric's time goes
             to torch / LAPACK kernels (which release the GIL) running on one thread each.
@@ -195,7 +183,7 @@ def map_checkpoints(
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got workers={workers!r}")
     chosen = _check_steps(run, steps)
-    label = preset if preset is not None else preset_name(run)
+    label = preset if preset is not None else run.preset or f"custom-{config_hash(run.config)}"
     folder = trajectory_dir(run, name, metric_key(metric, name, version)) if cache else None
 
     def compute(step: int) -> dict[str, float]:

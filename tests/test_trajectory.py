@@ -16,7 +16,6 @@ from testbeds.trajectory import (
     map_checkpoints,
     metric_series,
     plot_trajectory,
-    preset_name,
     trajectory_dir,
 )
 
@@ -121,12 +120,12 @@ def test_bad_arguments_raise(run):
         )
 
 
-def test_preset_name_finds_the_preset():
-    config = modadd.preset("lin2025_mlp")
-    run = Run("modadd", config, 0, {}, pd.DataFrame())
-    assert preset_name(run) == "lin2025_mlp"
-    custom = Run("modadd", config.replace(epochs=7), 0, {}, pd.DataFrame())
-    assert preset_name(custom).startswith("custom-")
+def test_frame_is_labelled_with_the_runs_preset(run):
+    frame = map_checkpoints(run, norm_metric, name="norms", progress=False)
+    assert set(frame["preset"]) == {run.preset} and run.preset.startswith("custom-")
+    named = Run("modadd", run.config, 0, run.checkpoints, run.log, meta=run.meta, preset="x")
+    frame = map_checkpoints(named, norm_metric, name="norms", progress=False, cache=False)
+    assert set(frame["preset"]) == {"x"}
 
 
 def test_plot_has_the_accuracy_on_a_second_axis(run, tmp_path):
