@@ -194,3 +194,17 @@ def test_cuda_training_and_kernels_match_cpu():
     K_cpu = entk(cpu.final_model().double(), x.double())
     K_gpu = entk(cpu.final_model("cuda"), x.cuda()).double().cpu()
     assert (K_gpu - K_cpu).norm() / K_cpu.norm() < 1e-5
+
+
+@pytest.mark.gpu
+def test_claim_kernels_on_cuda_match_cpu(monkeypatch):
+    """H1's kernels formed on the GPU come back to the CPU within float32 rounding."""
+    from hypotheses.test_h1_fourier_circuits import mlp_layer_kernels
+
+    model = modadd.train(MA_TINY, 0).final_model()
+    cpu = mlp_layer_kernels(model)
+    monkeypatch.setenv("NTKBENCH_DEVICE", "cuda")
+    gpu = mlp_layer_kernels(model)
+    for name, K in cpu.items():
+        assert gpu[name].device.type == "cpu"
+        assert (gpu[name].double() - K.double()).norm() / K.double().norm() < 1e-5
