@@ -37,7 +37,7 @@ import torch
 import testbeds
 from leaderboard import api, generate, report
 from leaderboard.records import claims_frame, markdown, read, records_path, results_dir
-from leaderboard.runner import evaluate
+from leaderboard.runner import BUILTIN_TIMEOUT, evaluate
 from leaderboard.table import aggregate, leaderboard_display, leaderboard_frame
 from leaderboard.wandb_log import MODES, log_run
 from testbeds.runs import git_sha
@@ -254,8 +254,9 @@ def parser() -> argparse.ArgumentParser:
         "--timeout",
         type=float,
         default=api.DEFAULT_TIMEOUT,
-        help="seconds per (method, task, seed) unless a method sets its own "
-        f"(default {api.DEFAULT_TIMEOUT:g})",
+        help="hard limit in seconds per (plug-in method, task, seed), each in its own process, "
+        f"unless a method sets its own (default {api.DEFAULT_TIMEOUT:g}; built-in methods run "
+        f"in process with {BUILTIN_TIMEOUT:g})",
     )
     board.add_argument("--no-plots", action="store_true", help="skip the eNTK spectrum plots")
     board.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -35,11 +35,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from leaderboard.api import DEFAULT_TIMEOUT, Method, NotApplicable, Problem, Task
+from leaderboard.isolation import isolated, run_isolated
 from leaderboard.records import Record, append, from_row, read, records_path
 from leaderboard.scoring import indicator_directions
 from testbeds.loop import device_kind, resolve_device
 from testbeds.runs import config_hash, git_sha, versions
 from testbeds.sources import source_hash
+
+BUILTIN_TIMEOUT = 3600.0  # seconds per (built-in method, task, seed), in process
 
 
 class MethodTimeout(Exception):
@@ -166,10 +169,15 @@ def evaluate(
     run_id: str,
     force: bool = False,
     timeout: float | None = DEFAULT_TIMEOUT,
+    builtin_timeout: float | None = BUILTIN_TIMEOUT,
     path: Path | None = None,
     progress: bool = True,
 ) -> list[Record]:
-    """Score every method on every task and seed; returns one Record per combination."""
+    """Score every method on every task and seed; returns one Record per combination.
+
+    Plug-in methods run in their own process (:mod:`leaderboard.isolation`) with the hard
+    limit ``timeout``; built-in methods run in process with ``builtin_timeout``. A method's own
+    ``timeout`` overrides either."""
     path = Path(path) if path is not None else records_path()
     cached = {} if force else _cached(path)
     provenance = {"git_sha": git_sha(), "versions": versions(), "run_id": run_id}
@@ -210,8 +218,12 @@ def evaluate(
                 else:
                     try:
                         mine = problem.on(resolve_device())  # its own copy of the model
-                        budget = method.timeout if method.timeout is not None else timeout
-                        output = _call(method, mine, budget)
+                        default = timeout if isolated(method) else builtin_timeout
+                        budget = method.timeout if method.timeout is not None else default
+                        if isolated(method):
+                            output = run_isolated(method.fn, mine, budget)
+                        else:
+                            output = _call(method, mine, budget)
                         output = output.cpu() if isinstance(output, Tensor) else output
                         output = check_output(output, problem)
                         value, chance, extra = task.score(output, truth, problem)

@@ -1,0 +1,171 @@
+"""Plug-in methods run in their own process: whatever one does, every other score is unchanged
+and the leaderboard goes on (leaderboard/isolation.py)."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import testbeds
+from leaderboard.api import METHODS, Problem, Task, load_builtins, load_plugin
+from leaderboard.isolation import isolated
+from leaderboard.runner import evaluate
+from leaderboard.scoring import subspace_score
+from metrics.spectra import orthonormal_basis
+
+N, D = 24, 5
+
+PLUGIN = textwrap.dedent(
+    """
+    import ctypes
+    import os
+    import sys
+    import time
+
+    import numpy as np
+    import torch
+
+    from leaderboard import register_method
+
+
+    @register_method("mutates_everything", source="test")
+    def mutates_everything(problem):
+        problem.inputs.sub_(problem.inputs.mean(0))       # centred in place
+        with torch.no_grad():
+            for p in problem.model.parameters():
+                p.zero_()
+        return torch.eye(problem.rows, problem.k, dtype=torch.float64)
+
+
+    @register_method("calls_sys_exit", source="test")
+    def calls_sys_exit(problem):
+        sys.exit(3)
+
+
+    @register_method("calls_os_exit", source="test")
+    def calls_os_exit(problem):
+        os._exit(5)
+
+
+    @register_method("segfaults", source="test")
+    def segfaults(problem):
+        ctypes.string_at(0)
+
+
+    @register_method("swallows_the_timeout", source="test")
+    def swallows_the_timeout(problem):
+        while True:
+            try:
+                time.sleep(0.05)
+            except Exception:
+                pass
+
+
+    @register_method("long_native_call", source="test")
+    def long_native_call(problem):
+        a = np.random.default_rng(0).standard_normal((1500, 1500))
+        for _ in range(1000):
+            a = np.linalg.qr(a)[0]
+        return a[: problem.rows, : problem.k]
+    """
+)
+BAD = {
+    "calls_sys_exit": "the method called sys.exit(3)",
+    "calls_os_exit": "the worker exited with code 5",
+    "segfaults": "killed by SIGSEGV",
+    "swallows_the_timeout": "hard time budget of 3 s",
+    "long_native_call": "hard time budget of 3 s",
+}
+TRUSTED = ["entk_trace", "activation_pca", "random"]
+
+
+def loss(outputs, targets):
+    return nn.functional.cross_entropy(outputs, targets, reduction="none")
+
+
+def setup(seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(D, 6), nn.Tanh(), nn.Linear(6, 3))
+    for p in model.parameters():
+        nn.init.normal_(p, 0.0, 0.5, generator=generator)
+    problem = Problem(
+        model=model,
+        inputs=torch.randn(N, D, generator=generator),
+        k=3,
+        kind="directions",
+        over="inputs",
+        rows=N,
+        targets=torch.zeros(N, dtype=torch.long),
+        loss=loss,
+        activations=lambda model, x: model[1](model[0](x)),
+        seed=seed,
+        task="tiny_isolated",
+    )
+    return problem, orthonormal_basis(torch.eye(N, dtype=torch.float64)[:, :3])
+
+
+def score(output, truth, problem):
+    value, chance = subspace_score(output, truth, problem.k)
+    return value, chance, {}
+
+
+TASK = Task(
+    name="tiny_isolated",
+    testbed="modadd",
+    preset="lin2025_mlp",
+    kind="directions",
+    over="inputs",
+    description="tiny",
+    config=testbeds.get("modadd").preset("lin2025_mlp"),
+    setup=setup,
+    score=score,
+)
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    monkeypatch.setenv("NTKBENCH_RESULTS", str(tmp_path / "results"))
+    load_builtins()
+    saved = dict(METHODS)
+    path = tmp_path / "hostile.py"
+    path.write_text(PLUGIN)
+    yield load_plugin(path)
+    METHODS.clear()
+    METHODS.update(saved)
+
+
+def test_hostile_plugin_cannot_reach_other_scores(plugin, tmp_path):
+    assert set(plugin) == {"mutates_everything", *BAD}
+    assert all(isolated(METHODS[name]) for name in plugin)
+    assert not any(isolated(METHODS[name]) for name in TRUSTED)
+    clean = evaluate(
+        [TASK],
+        [METHODS[n] for n in TRUSTED],
+        [0],
+        run_id="clean",
+        path=tmp_path / "a.jsonl",
+        progress=False,
+    )
+    names = ["mutates_everything", *BAD, *TRUSTED]  # the hostile ones first
+    mixed = evaluate(
+        [TASK],
+        [METHODS[n] for n in names],
+        [0],
+        run_id="mixed",
+        timeout=3.0,
+        path=tmp_path / "b.jsonl",
+        progress=False,
+    )
+    by = {r.method: r for r in mixed}
+    assert by["mutates_everything"].status == "ok"
+    assert by["mutates_everything"].value == pytest.approx(1.0)
+    for name, reason in BAD.items():
+        assert by[name].status == "failed" and reason in by[name].error, by[name].error
+        assert "\n" not in by[name].error and math.isnan(by[name].value)
+    for record in clean:
+        assert by[record.method].status == "ok"
+        assert by[record.method].value == record.value  # identical, not merely close
