@@ -14,6 +14,7 @@ Plots:
 from __future__ import annotations
 
 import base64
+import functools
 import html
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import torch  # noqa: E402
 
 from metrics.entk import entk  # noqa: E402
 from metrics.spectra import (  # noqa: E402
@@ -34,16 +35,21 @@ from metrics.spectra import (  # noqa: E402
     spectral_cliffs,
 )
 from testbeds import modadd  # noqa: E402
+from testbeds.runs import Run  # noqa: E402
+from testbeds.trajectory import map_checkpoints  # noqa: E402
 
 SPECTRUM_PRESET = "lin2025_mlp"
 SPECTRUM_SEED = 0
 SPECTRUM_TOP = 200  # eigenvalues shown
 
 
-def heatmap(parts: dict[str, pd.DataFrame], path: Path) -> Path:
-    """Method × task heatmap of mean scores."""
+def heatmap_figure(parts: dict[str, pd.DataFrame]):
+    """The method × task heatmap of mean scores as a matplotlib figure (constrained layout:
+    tick labels, title and the colour bar's label fit inside it whatever the table's size)."""
     mean = parts["mean"]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * mean.shape[1], 1.0 + 0.45 * mean.shape[0]))
+    width = max(5.0, 2.8 + 1.3 * mean.shape[1])
+    height = max(3.2, 1.6 + 0.45 * mean.shape[0])
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
     masked = np.ma.masked_invalid(mean.to_numpy(dtype=float))
     cmap = plt.get_cmap("viridis").with_extremes(bad="#d9d9d9")
     image = ax.imshow(masked, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
@@ -56,26 +62,53 @@ def heatmap(parts: dict[str, pd.DataFrame], path: Path) -> Path:
     ax.set_yticks(range(mean.shape[0]), mean.index)
     labels = [f"{t}\n(chance {parts['chance'][t]:.3f})" for t in mean.columns]
     ax.set_xticks(range(mean.shape[1]), labels, rotation=30, ha="right", fontsize=7)
-    fig.colorbar(image, ax=ax, label="score (mean over seeds)")
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label("score (mean over seeds)", fontsize=8)
     ax.set_title("leaderboard: method × task")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
+
+
+def heatmap(parts: dict[str, pd.DataFrame], path: Path) -> Path:
+    """Method × task heatmap of mean scores (:func:`heatmap_figure`), saved with a tight
+    bounding box so no label is cut off."""
+    fig = heatmap_figure(parts)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
-def _mlp_kernel(model) -> np.ndarray:
-    inputs = modadd.probe_inputs(modadd.preset(SPECTRUM_PRESET))
+def _mlp_kernel(model, config: modadd.Config | None = None) -> np.ndarray:
+    inputs = modadd.probe_inputs(config or modadd.preset(SPECTRUM_PRESET))
     return entk(model, inputs, output="trace")
+
+
+def top_eigenvalues(model, step: int, *, config: modadd.Config) -> dict[str, float]:
+    """The leading ``SPECTRUM_TOP`` eigenvalues of the trace eNTK (over ``config``'s probe
+    inputs) of one checkpoint, named ``eigenvalue_0000`` …"""
+    values, _ = eigh_sorted(_mlp_kernel(model, config))
+    return {f"eigenvalue_{i:04d}": float(v) for i, v in enumerate(values[:SPECTRUM_TOP])}
+
+
+def spectrum_values(run: Run | None = None, progress: bool = True) -> torch.Tensor:
+    """:func:`top_eigenvalues` at the end of ``run`` (default ``lin2025_mlp`` seed 0),
+    decreasing, float64; cached per checkpoint like :func:`overlap_values`."""
+    run = run or modadd.train(modadd.preset(SPECTRUM_PRESET), SPECTRUM_SEED)
+    frame = map_checkpoints(
+        run,
+        functools.partial(top_eigenvalues, config=run.config),
+        name="report_top_eigenvalues",
+        steps=[run.steps[-1]],
+        progress=progress,
+    )
+    return torch.tensor(frame.sort_values("metric")["value"].to_numpy(), dtype=torch.float64)
 
 
 def spectrum_plot(path: Path) -> Path:
     """Trace-eNTK spectrum of the trained ``lin2025_mlp`` (seed 0) with its cliffs."""
     config = modadd.preset(SPECTRUM_PRESET)
-    model = modadd.train(config, SPECTRUM_SEED).final_model()
-    values, _ = eigh_sorted(_mlp_kernel(model))
-    top = values[:SPECTRUM_TOP].clamp_min(1e-30).numpy()
-    ratios = spectral_cliffs(values, top=SPECTRUM_TOP).numpy()
+    values = spectrum_values(progress=False)
+    top = values.clamp_min(1e-30).numpy()
+    ratios = spectral_cliffs(values).numpy()
     largest = np.argsort(ratios)[::-1][:3] + 1  # cliff after eigenvalue index i → position i+1
     F = 2 * (config.p - 1)
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
@@ -98,22 +131,44 @@ def spectrum_plot(path: Path) -> Path:
     return path
 
 
+def second_cliff_overlaps(model, step: int, *, config: modadd.Config) -> dict[str, float]:
+    """Normalised overlap of the trace eNTK's second cliff (eigenvectors 1 + F … 2F, F = 2(p − 1))
+    with the sum and difference Fourier families, for one checkpoint of a ``config`` run."""
+    F = 2 * (config.p - 1)
+    _, vectors = eigh_sorted(_mlp_kernel(model, config))
+    second = vectors[:, 1 + F : 1 + 2 * F]
+    return {
+        family: float(
+            normalized_overlap(
+                second, orthonormal_basis(modadd.fourier_family(config.p, family), center=True)
+            )
+        )
+        for family in ("sum", "difference")
+    }
+
+
+def overlap_values(run: Run | None = None, progress: bool = True) -> pd.DataFrame:
+    """:func:`second_cliff_overlaps` at every checkpoint of ``run`` (default ``lin2025_mlp``
+    seed 0), one row per epoch (columns ``epoch``, ``sum``, ``difference``). Each checkpoint's
+    values are cached (:func:`testbeds.trajectory.map_checkpoints`, keyed by this module's
+    source and the run), so a second report computes nothing."""
+    run = run or modadd.train(modadd.preset(SPECTRUM_PRESET), SPECTRUM_SEED)
+    frame = map_checkpoints(
+        run,
+        functools.partial(second_cliff_overlaps, config=run.config),
+        name="report_second_cliff_overlap",
+        progress=progress,
+    )
+    wide = frame.pivot(index="step", columns="metric", values="value").reset_index()
+    return wide.rename(columns={"step": "epoch"})[["epoch", "sum", "difference"]]
+
+
 def overlap_curve(path: Path, progress: bool = True) -> Path:
     """Second-cliff overlap with the sum / difference families at every checkpoint of
-    ``lin2025_mlp`` seed 0, with the test accuracy."""
-    config = modadd.preset(SPECTRUM_PRESET)
-    run = modadd.train(config, SPECTRUM_SEED)
-    F = 2 * (config.p - 1)
-    bases = {
-        f: orthonormal_basis(modadd.fourier_family(config.p, f), center=True)
-        for f in ("sum", "difference")
-    }
-    rows = []
-    for step in tqdm(run.steps, desc="overlap vs epoch", disable=not progress):
-        _, vectors = eigh_sorted(_mlp_kernel(run.model_at(step)))
-        second = vectors[:, 1 + F : 1 + 2 * F]
-        rows.append({"epoch": step, **{f: normalized_overlap(second, b) for f, b in bases.items()}})
-    curve = pd.DataFrame(rows)
+    ``lin2025_mlp`` seed 0 (:func:`overlap_values`, cached), with the test accuracy."""
+    run = modadd.train(modadd.preset(SPECTRUM_PRESET), SPECTRUM_SEED)
+    curve = overlap_values(run, progress=progress)
+    bases = ("sum", "difference")
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for family in bases:
         ax.plot(curve["epoch"], curve[family], "o-", ms=3, label=f"2nd cliff ∩ {family}")

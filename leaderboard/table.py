@@ -13,7 +13,9 @@ more than once, so nothing is double-counted):
   same tasks;
 * ``Borda`` sums, over tasks, the number of methods it beats on that task (a tie counts ½);
   a method earns nothing on a task where it has no value. ``Borda rank`` orders the totals
-  (ties share the best rank). The table is sorted by it.
+  (ties share the best rank); a method with no value on any task ranks after every method that
+  has one, so a method that failed never shares a rank with one that scored 0. The table is
+  sorted by it.
 """
 
 from __future__ import annotations
@@ -78,7 +80,10 @@ def aggregate(records: Iterable[Record] | pd.DataFrame) -> dict[str, pd.DataFram
         },
         index=methods,
     )
-    summary["Borda rank"] = summary["Borda"].rank(ascending=False, method="min").astype(int)
+    # a method with no value on any task (failed or not applicable everywhere) ranks after every
+    # method that has one, even one that scored 0 and beat nobody
+    scored = summary["Borda"].where(summary["tasks"] > 0, -np.inf)
+    summary["Borda rank"] = scored.rank(ascending=False, method="min").astype(int)
     order = summary.sort_values(["Borda rank", "mean score"], ascending=[True, False]).index
     return {
         "mean": mean.loc[order],

@@ -1,10 +1,11 @@
 """Copies of a leaderboard invocation in Weights & Biases (offline by default).
 
 One W&B run per invocation, grouped by suite version: the leaderboard and claims tables as
-``wandb.Table``, each task's per-method mean score in the run summary, the config (methods,
-tasks, testbeds, seeds, git commit), the plots as ``wandb.Image`` and the records file as an
-artifact. ``mode="offline"`` needs no account or network: the run lands in ``./wandb`` (or
-``$WANDB_DIR``) and ``wandb sync wandb/offline-run-*`` uploads it later.
+``wandb.Table`` (numbers stay numbers, :func:`table_frame`), each task's per-method mean score
+in the run summary, the config (methods, tasks, testbeds, seeds, git commit), the plots as
+``wandb.Image`` and the records file as an artifact. ``mode="offline"`` needs no account or
+network: the run lands in ``./wandb`` (or ``$WANDB_DIR``) and
+``wandb sync wandb/offline-run-*`` uploads it later.
 
 W&B is optional to the results: :func:`log_run` never raises. It returns None on success or a
 message saying what failed, and the caller reports it; local files are written before W&B is
@@ -22,6 +23,33 @@ import pandas as pd
 MODES = ("offline", "online", "disabled")
 PROJECT = "ntkbench"
 INIT_TIMEOUT = 60.0  # seconds W&B may take to start its service
+
+
+def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with one type per column, as a ``wandb.Table`` needs: numeric and boolean
+    columns stay numbers (an object column holding only numbers becomes numeric); any other
+    column becomes text, missing values as ""."""
+    out = frame.reset_index(drop=True).copy()
+    for column in out.columns:
+        values = out[column]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        present = values.dropna()
+        if len(present) and all(isinstance(v, bool) for v in present):
+            out[column] = pd.Series(
+                [None if _missing(v) else bool(v) for v in values], dtype=object
+            )
+        elif len(present) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in present
+        ):
+            out[column] = pd.to_numeric(values)
+        else:
+            out[column] = ["" if _missing(v) else str(v) for v in values]
+    return out
+
+
+def _missing(value) -> bool:
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
 def log_run(
@@ -64,7 +92,7 @@ def log_run(
             run.log(
                 {
                     "leaderboard": wandb.Table(dataframe=leaderboard.reset_index()),
-                    "claims": wandb.Table(dataframe=claims.astype(str)),
+                    "claims": wandb.Table(dataframe=table_frame(claims)),
                     **{f"plots/{name}": wandb.Image(str(path)) for name, path in images.items()},
                 }
             )
