@@ -5,6 +5,8 @@
   requesting claim module with its code hash).
 * Trained runs come from the testbeds' disk cache, so xdist workers share them and a second
   ``pytest hypotheses/`` trains nothing.
+* At the start of a session the results folder and the run cache must be writable
+  (:func:`leaderboard.folders.check_folders`); otherwise it stops with a one-line error.
 * At the end of a session the claims table of the newest records is written to
   ``results/claims.md`` and printed.
 """
@@ -21,6 +23,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
+from leaderboard.folders import check_folders
 from leaderboard.records import (
     Record,
     append,
@@ -40,6 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def pytest_configure(config):
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
+        # fail now, in one line, rather than when the first claim saves after minutes of work
+        problem = check_folders()
+        if problem:
+            raise pytest.UsageError(problem)
         config._ntkbench_run_id = (
             datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
         )

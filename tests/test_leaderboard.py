@@ -565,10 +565,12 @@ def test_cli_runs_the_readme_plugin_and_survives_a_wandb_failure(
     assert cli.main(argv + ["--wandb", "offline"]) == 0
     captured = capsys.readouterr()
     assert "W&B logging failed (RuntimeError: no disk)" in captured.err
-    board = (results / "leaderboard.md").read_text()
+    run = "leaderboard-input_gram-modadd_mlp.sum_family-1-seeds"  # a subset: its own files
+    board = (results / f"{run}.md").read_text()
     assert "| input_gram |" in board and "| random |" in board and "| activation_pca |" in board
-    assert (results / "leaderboard.csv").exists()
-    html = (results / "report.html").read_text()
+    assert (results / f"{run}.csv").exists()
+    assert not (results / "leaderboard.md").exists() and not (results / "report.html").exists()
+    html = (results / f"{run}.html").read_text()
     assert "data:image/png;base64," in html and "input_gram" in html
 
 
