@@ -60,7 +60,7 @@ from leaderboard.records import (
     records_path,
     results_dir,
 )
-from leaderboard.runner import BUILTIN_TIMEOUT, _cached, _fingerprint_of, cache_key, evaluate
+from leaderboard.runner import BUILTIN_TIMEOUT, _cached, cache_key, evaluate
 from leaderboard.table import aggregate, leaderboard_display, leaderboard_frame
 from leaderboard.wandb_log import MODES, log_run
 from testbeds.runs import git_sha
@@ -186,17 +186,16 @@ def run_name(args: argparse.Namespace, plugged: list[str]) -> str | None:
 
 def _keys(tasks, methods, seeds) -> dict[tuple[str, str, int], str]:
     """The score cache key of every (method, task, seed), as the runner computes it
-    (:func:`leaderboard.runner.cache_key`; each task's problem is set up once per seed to
-    fingerprint it). A task whose setup fails has no keys."""
+    (:func:`leaderboard.runner.cache_key`). A combination whose key cannot be computed (its
+    task cannot be set up) has none; the runner records that failure."""
     out = {}
     for task in tasks:
         for seed in seeds:
-            try:
-                printed = _fingerprint_of(task, seed)
-            except Exception:  # noqa: BLE001 - the runner records the setup failure
-                continue
             for m in methods:
-                out[m.name, task.name, seed] = cache_key(m, task, seed, printed)
+                try:
+                    out[m.name, task.name, seed] = cache_key(m, task, seed)
+                except Exception:  # noqa: BLE001 - left to the runner, which records it
+                    break
     return out
 
 
