@@ -348,3 +348,16 @@ def test_a_claims_session_stops_at_once_when_the_results_folder_cannot_be_writte
         f"ERROR: cannot write to the results folder {blocker / 'results'} (Not a directory); "
         "set NTKBENCH_RESULTS to a writable folder"
     ]
+
+
+def test_the_readme_plugin_command_names_real_tasks_and_its_own_files():
+    section = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = section.split("## Adding a method", 1)[1]
+    command = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    words = command.replace("\\\n", " ").splitlines()[0].split()
+    assert words[:3] == [".venv/bin/ntkbench", "leaderboard", "--plugin"]
+    args = cli.parser().parse_args(words[1:])
+    assert args.plugin == ["leaderboard/examples/my_method.py"] and args.methods is None
+    assert set(args.tasks) <= set(api.TASKS)
+    name = cli.run_name(args, ["input_gram"])
+    assert f"`leaderboard-{name}`" in section and re.search(r"took \d+ s cold", section)
