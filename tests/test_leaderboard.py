@@ -211,10 +211,9 @@ def test_failures_are_isolated_and_recorded(registry, results):
         return torch.eye(problem.rows, problem.k, dtype=torch.float64)
 
     names = ["raises", "sleeps", "bad_shape", "nan", "declines", "mutates", "entk_trace", "random"]
-    start = time.perf_counter()
     records = evaluate([tiny_task()], [METHODS[n] for n in names], [0], run_id="t", progress=False)
-    assert time.perf_counter() - start < 4  # the timeout cut the 5 s sleep
     by = {r.method: r for r in records}
+    assert by["sleeps"].seconds < 4  # the 0.3 s budget cut the 5 s sleep
     assert by["raises"].status == "failed" and by["raises"].error == "RuntimeError: boom"
     assert by["sleeps"].status == "failed" and "time budget of 0.3 s" in by["sleeps"].error
     assert by["bad_shape"].status == "failed" and "wrong shape" in by["bad_shape"].error
