@@ -18,6 +18,8 @@ Reused records are returned, not appended again, so the file never double-counts
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -28,10 +30,11 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from leaderboard.api import DEFAULT_TIMEOUT, Method, NotApplicable, Problem, Task
@@ -119,8 +122,58 @@ def testbed_code(task: Task) -> str:
         return source_hash(type(task.config))
 
 
-def _key(method: str, method_code: str, task: Task, codes: tuple[str, str], seed: int, lib) -> str:
+def _update(digest, value: Any) -> None:
+    """Feed ``value`` to ``digest``: tensors and arrays by dtype, shape and bytes; modules by
+    their state; containers and dataclasses item by item; callables are code, hashed apart."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().contiguous()
+        digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(value.view(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    elif isinstance(value, np.ndarray):
+        digest.update(f"A{value.dtype}{value.shape}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, nn.Module):
+        _update(digest, value.state_dict())
+    elif isinstance(value, dict):
+        digest.update(b"{")
+        for k in sorted(value, key=str):
+            _update(digest, str(k))
+            _update(digest, value[k])
+        digest.update(b"}")
+    elif isinstance(value, list | tuple):
+        digest.update(b"[")
+        for item in value:
+            _update(digest, item)
+        digest.update(b"]")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        _update(digest, {f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+    elif callable(value):
+        digest.update(b"callable")
+    else:
+        digest.update(repr(value).encode())
+
+
+def fingerprint(problem: Problem, truth: Any) -> str:
+    """Hash of what a method is given and what it is scored against: the problem's model
+    weights, inputs, targets, graphs, units, budget and seed, and the task's ground truth. A
+    score cached under one problem is never reused for another."""
+    digest = hashlib.sha256()
+    _update(digest, {f.name: getattr(problem, f.name) for f in dataclasses.fields(problem)})
+    _update(digest, truth)
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint_of(task: Task, seed: int) -> str:
+    problem, truth = task.setup(seed)
+    return fingerprint(problem, truth)
+
+
+def _key(
+    method: str, method_code: str, task: Task, codes: tuple[str, str], seed: int, lib, problem: str
+) -> str:
     parts = {
+        "problem": problem,
         "method": method,
         "method_code": method_code,
         "task": task.name,
@@ -134,10 +187,12 @@ def _key(method: str, method_code: str, task: Task, codes: tuple[str, str], seed
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def cache_key(method: Method, task: Task, seed: int) -> str:
-    """Hash of everything a score depends on (module docstring)."""
+def cache_key(method: Method, task: Task, seed: int, problem: str | None = None) -> str:
+    """Hash of everything a score depends on (module docstring); ``problem`` is the
+    :func:`fingerprint` of the task's problem and truth for ``seed`` (set up when not given)."""
     codes = (task.code_hash(), testbed_code(task))
-    return _key(method.name, method.code_hash(), task, codes, seed, versions())
+    problem = problem if problem is not None else _fingerprint_of(task, seed)
+    return _key(method.name, method.code_hash(), task, codes, seed, versions(), problem)
 
 
 def _cached(path: Path) -> dict[str, dict]:
@@ -192,22 +247,24 @@ def evaluate(
     for task in tasks:
         codes = (task.code_hash(), testbed_code(task))
         for seed in seeds:
+            bar.set_postfix_str(f"{task.name} seed {seed}: building the problem")
+            try:
+                problem, truth = task.setup(seed)
+                setup_error, printed = None, fingerprint(problem, truth)
+            except Exception as error:  # noqa: BLE001 - recorded for every method
+                problem, truth, printed = None, None, "setup failed"
+                setup_error = f"task setup failed: {_message(error)}"
             keys = {
-                m.name: _key(m.name, method_codes[m.name], task, codes, seed, lib) for m in methods
+                m.name: _key(m.name, method_codes[m.name], task, codes, seed, lib, printed)
+                for m in methods
             }
-            pending = [m for m in methods if keys[m.name] not in cached]
+            pending = [m for m in methods if setup_error or keys[m.name] not in cached]
             for m in methods:
-                if keys[m.name] in cached:
+                if m not in pending:
                     results.append(_as_record(cached[keys[m.name]]))
                     bar.update()
             if not pending:
                 continue
-            bar.set_postfix_str(f"{task.name} seed {seed}: building the problem")
-            try:
-                problem, truth = task.setup(seed)
-                setup_error = None
-            except Exception as error:  # noqa: BLE001 - recorded for every method
-                problem, truth, setup_error = None, None, f"task setup failed: {_message(error)}"
             for method in pending:
                 bar.set_postfix_str(f"{task.name} seed {seed}: {method.name}")
                 started = datetime.now(UTC).isoformat(timespec="seconds")

@@ -4,6 +4,7 @@ and the leaderboard goes on (leaderboard/isolation.py)."""
 from __future__ import annotations
 
 import math
+import sys
 import textwrap
 
 import pytest
@@ -81,6 +82,7 @@ BAD = {
     "long_native_call": "hard time budget of 3 s",
 }
 TRUSTED = ["entk_trace", "activation_pca", "random"]
+SHIFT = 0.0  # added to the tiny problem's inputs
 
 
 def loss(outputs, targets):
@@ -94,7 +96,7 @@ def setup(seed: int):
         nn.init.normal_(p, 0.0, 0.5, generator=generator)
     problem = Problem(
         model=model,
-        inputs=torch.randn(N, D, generator=generator),
+        inputs=torch.randn(N, D, generator=generator) + SHIFT,
         k=3,
         kind="directions",
         over="inputs",
@@ -169,3 +171,20 @@ def test_hostile_plugin_cannot_reach_other_scores(plugin, tmp_path):
     for record in clean:
         assert by[record.method].status == "ok"
         assert by[record.method].value == record.value  # identical, not merely close
+
+
+def test_cached_scores_are_keyed_by_the_problem(tmp_path, monkeypatch):
+    """A score is reused only for the same problem and truth (weights, inputs, targets …)."""
+    monkeypatch.setenv("NTKBENCH_RESULTS", str(tmp_path / "results"))
+    load_builtins()
+    methods = [METHODS["entk_trace"]]
+    first = evaluate([TASK], methods, [0], run_id="a", progress=False)
+    again = evaluate([TASK], methods, [0], run_id="b", progress=False)
+    assert again[0].run_id == "a" and again[0].value == first[0].value  # read from the cache
+
+    # the same code, task and seed, but other inputs (as after an in-place edit had been
+    # cached): the score must not be reused
+    monkeypatch.setattr(sys.modules[__name__], "SHIFT", 1.0)
+    third = evaluate([TASK], methods, [0], run_id="c", progress=False)
+    assert third[0].run_id == "c" and third[0].cache_key != first[0].cache_key
+    assert third[0].value != first[0].value

@@ -57,6 +57,8 @@ def tiny_problem(seed: int, kind: str = "directions") -> Problem:
     generator = torch.Generator().manual_seed(seed)
     model = nn.Sequential(nn.Linear(D, 6), nn.Tanh(), nn.Linear(6, 3))
     inputs = torch.randn(N, D, generator=generator)
+    for p in model.parameters():  # seeded: the same seed gives the same problem
+        nn.init.normal_(p, 0.0, 0.5, generator=generator)
     return Problem(
         model=model,
         inputs=inputs,
