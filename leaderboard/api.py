@@ -169,18 +169,6 @@ class Task:
     score: Callable[[Tensor, Any, Problem], tuple[float, float, dict]]
     version: int = 1  # an input of the scoring other than its code (code is hashed)
 
-    def on(self, device: str | torch.device) -> Problem:
-        """A copy with its own copy of the model, the model and the tensors on ``device``."""
-        return dataclasses.replace(
-            self,
-            model=copy.deepcopy(self.model).to(device),
-            inputs=self.inputs.to(device),
-            targets=self.targets.to(device),
-            graphs=None
-            if self.graphs is None
-            else {k: g.to(device) for k, g in self.graphs.items()},
-        )
-
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got kind={self.kind!r}")
