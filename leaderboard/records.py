@@ -27,6 +27,7 @@ import fcntl
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -213,13 +214,22 @@ def from_row(row: dict[str, Any]) -> Record:
 
 
 def append(record: Record, path: Path | None = None) -> Path:
-    """Append one record (one line) under an exclusive lock; returns the file written."""
+    """Append one record (one line) under an exclusive lock; returns the file written.
+
+    The line always starts on a line of its own: if the file does not end with a newline (a
+    writer was killed mid-line), a newline is written first, so the torn fragment stays a line
+    of its own that :func:`read` skips, and this record survives whole."""
     path = Path(path) if path is not None else records_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = record.to_json() + "\n"
-    with open(path, "a", encoding="utf-8") as handle:
+    line = (record.to_json() + "\n").encode("utf-8")
+    with open(path, "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            size = handle.seek(0, os.SEEK_END)
+            if size:
+                handle.seek(size - 1)
+                if handle.read(1) != b"\n":
+                    line = b"\n" + line
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
@@ -228,20 +238,44 @@ def append(record: Record, path: Path | None = None) -> Path:
     return path
 
 
+def read_rows(path: Path | None = None) -> tuple[list[dict[str, Any]], int]:
+    """(every whole record of the file as a dict, upgraded to the current schema; the number of
+    non-empty lines skipped because they are not a JSON object — a torn write leaves one)."""
+    path = Path(path) if path is not None else records_path()
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    if not path.exists():
+        return rows, skipped
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            skipped += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(upgrade(row))
+        else:
+            skipped += 1
+    return rows, skipped
+
+
 def read(path: Path | None = None) -> pd.DataFrame:
     """All records as a DataFrame (empty if there are none), older lines upgraded to the
-    current schema (:func:`upgrade`); malformed lines are skipped."""
+    current schema (:func:`upgrade`). Lines that are not whole records (a torn write) are
+    skipped with a warning that counts them; the count is also in ``frame.attrs["skipped"]``."""
     path = Path(path) if path is not None else records_path()
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(upgrade(row))
-    return pd.DataFrame(rows)
+    rows, skipped = read_rows(path)
+    if skipped:
+        warnings.warn(
+            f"{path}: skipped {skipped} line{'s' * (skipped != 1)} that "
+            f"{'are' if skipped != 1 else 'is'} not a whole record (torn write?)",
+            stacklevel=2,
+        )
+    frame = pd.DataFrame(rows)
+    frame.attrs["skipped"] = skipped
+    return frame
 
 
 def kinds(records: pd.DataFrame) -> pd.Series:
@@ -295,7 +329,7 @@ def criterion(group: pd.DataFrame) -> str:
     if judged.empty:
         return "–"
     last = judged.sort_values("started_at").iloc[-1] if "started_at" in judged else judged.iloc[-1]
-    return f"{last['comparison']} {float(last['threshold']):g}"
+    return f"{last['comparison']} {float(last['threshold']):.4g}"
 
 
 def verdict(group: pd.DataFrame) -> str:

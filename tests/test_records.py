@@ -204,3 +204,43 @@ def test_older_lines_load_with_a_kind_and_their_provenance_promoted():
     assert claims["claim"].tolist() == ["H7", "H7"]  # the score is not a claim
     assert claims.set_index("preset")["verdict"].to_dict() == {"m": "FAIL", "t": "–"}
     assert upgrade(OLD_LINES[1])["claim"] == "H7" and OLD_LINES[1]["claim"] == "H7 (recorded)"
+
+
+def _line(seed: int) -> Record:
+    return Record(seed=seed, value=0.1 * seed, passed=True, **COMMON)
+
+
+def test_a_torn_last_line_costs_only_the_torn_fragment(tmp_path):
+    from leaderboard.records import append
+
+    path = tmp_path / "records.jsonl"
+    for seed in range(3):
+        append(_line(seed), path)
+    whole = path.read_bytes()
+    last = whole.rstrip(b"\n").rfind(b"\n") + 1
+    path.write_bytes(whole[: last + 25])  # a writer killed 25 bytes into the third record
+    append(_line(7), path)
+    append(_line(8), path)
+    with pytest.warns(UserWarning, match="skipped 1 line that is not a whole record"):
+        frame = read(path)
+    assert sorted(frame["seed"]) == [0, 1, 7, 8]
+    assert frame.attrs["skipped"] == 1
+    text = path.read_text()
+    assert text.endswith("\n") and text.count("\n") == 5  # the fragment kept on its own line
+
+
+def test_an_intact_file_reads_without_a_warning(tmp_path, recwarn):
+    from leaderboard.records import append
+
+    path = tmp_path / "records.jsonl"
+    append(_line(0), path)
+    frame = read(path)
+    assert frame.attrs["skipped"] == 0 and len(frame) == 1
+    assert not [w for w in recwarn if "skipped" in str(w.message)]
+
+
+def test_criteria_print_rounded():
+    common = {**COMMON, "threshold": 0.199762, "comparison": "<="}
+    rows = [Record(seed=0, value=0.1, passed=True, **common)]
+    frame = claims_frame(pd.DataFrame([json.loads(r.to_json()) for r in rows]))
+    assert frame["criterion"].tolist() == ["<= 0.1998"]
