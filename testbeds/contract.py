@@ -18,10 +18,14 @@ A testbed is one package with one :class:`Testbed` object (found through
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import math
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import UnionType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -70,6 +74,81 @@ def resolve_config(
             f"got {type(config).__name__}"
         )
     return config, preset_name(presets, config)
+
+
+def _describe(hint: Any) -> str:
+    if hint is type(None):
+        return "None"
+    if hint is bool:
+        return "True or False"
+    if hint is int:
+        return "an int"
+    if hint is float:
+        return "a finite number"
+    if hint is str:
+        return "a string"
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a tuple of {_plural(args[0])}"
+        return f"a tuple of {len(args)} ({', '.join(_describe(a) for a in args)})"
+    return f"a {getattr(hint, '__name__', hint)}"
+
+
+def _plural(hint: Any) -> str:
+    return {int: "ints", float: "finite numbers", str: "strings", bool: "bools"}.get(
+        hint, _describe(hint)
+    )
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (UnionType, typing.Union):
+        return any(_matches(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, tuple | list):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(
+            _matches(v, a) for v, a in zip(value, args, strict=True)
+        )
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def check_field_types(config: Any, skip: Iterable[str] = ()) -> None:
+    """Raise a ``ValueError`` naming the first field of the dataclass ``config`` whose value does
+    not have its annotated type: ints are ints (not bools), numbers are finite ints or floats
+    (no NaN, no infinity, no strings), tuples have their element types. Testbed configs call it
+    first in ``__post_init__``; ``skip`` names fields they check themselves."""
+    hints = typing.get_type_hints(type(config))
+    skipped = set(skip)
+    for item in dataclasses.fields(config):
+        if item.name in skipped:
+            continue
+        value = getattr(config, item.name)
+        hint = hints[item.name]
+        if not _matches(value, hint):
+            raise ValueError(
+                f"{item.name} must be {_describe(hint)}, got {item.name}={value!r} "
+                f"({type(value).__name__})"
+            )
 
 
 def identity_readout(model: nn.Module) -> nn.Module:

@@ -12,7 +12,10 @@ Cache rules (DESIGN.md, "Testbed"):
   the others wait and load the result;
 * an unreadable cache file is discarded with a warning and the run is retrained;
 * long training saves a resumable partial state every ``PARTIAL_SAVE_SECONDS``; an interrupted
-  run continues from it and produces the same checkpoints as an uninterrupted one.
+  run continues from it and produces the same checkpoints as an uninterrupted one. Saving is
+  best-effort: a failed save (full disk) warns and training continues;
+* a run that diverged (non-finite final weights or training loss, :func:`divergence`) raises
+  :class:`DivergedRun` and is never cached.
 
 The cache lives in ``$NTKBENCH_CACHE`` (default ``~/.cache/ntkbench``).
 """
@@ -24,6 +27,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -248,10 +252,50 @@ class PartialSaver:
         self._last = time.monotonic()
 
     def maybe_save(self, make_state: Callable[[], dict[str, Any]]) -> None:
+        """Save now if ``interval`` seconds have passed since the last attempt. The save is
+        best-effort: a failure to write (full disk, a folder gone read-only) is a warning and
+        training goes on; the next attempt comes an interval later."""
         if self.store is None or time.monotonic() - self._last < self.interval:
             return
-        self.store.save_partial(make_state())
+        try:
+            self.store.save_partial(make_state())
+        except OSError as err:
+            warnings.warn(
+                f"could not save the resumable state to {self.store.partial_path} "
+                f"({err.strerror or type(err).__name__}); training continues without it",
+                stacklevel=2,
+            )
         self._last = time.monotonic()
+
+
+class DivergedRun(RuntimeError):
+    """Training ended with non-finite weights or a non-finite final training loss; the run is
+    not cached."""
+
+
+LOSS_COLUMNS = ("train_loss", "loss", "objective")  # the training loss, by testbed log
+
+
+def divergence(payload: dict[str, Any]) -> str | None:
+    """Why a trained payload is not a valid run — its last checkpoint holds a non-finite
+    weight, or the last logged value of its training loss (the first of ``LOSS_COLUMNS`` in
+    the log) is not finite — or None when it is valid."""
+    checkpoints = payload["checkpoints"]
+    if checkpoints:
+        last = max(checkpoints, key=int)
+        for name, tensor in checkpoints[last].items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                return f"{name} has non-finite values at step {last}"
+    log = payload["log"]
+    for column in LOSS_COLUMNS:
+        if column in log:
+            logged = [v for v in log[column] if v is not None and not math.isnan(v)]
+            if not logged:
+                return f"{column} was never finite"
+            if not math.isfinite(logged[-1]):
+                return f"the final {column} is {logged[-1]}"
+            break
+    return None
 
 
 TrainFn = Callable[[Any, int, RunStore | None, torch.device], dict[str, Any]]
@@ -329,6 +373,14 @@ def cached_run(
     def train_payload(store: RunStore | None) -> dict[str, Any]:
         started = datetime.now(UTC).isoformat(timespec="seconds")
         out = train_fn(config, seed, store, where)
+        reason = divergence(out)
+        if reason is not None:
+            if store is not None:
+                store.drop_partial()
+            raise DivergedRun(
+                f"{namespace} run {preset or config_hash(config)!r} seed {seed} diverged: "
+                f"{reason}; it is not cached (try a smaller lr)"
+            )
         out["meta"] = {
             **meta,
             "testbed": testbed,
@@ -351,6 +403,14 @@ def cached_run(
         if force:
             store.drop_partial()
         payload = train_payload(store)
-        store.save(payload)
+        try:
+            store.save(payload)
+        except OSError as err:  # the run is trained: hand it back rather than lose it
+            warnings.warn(
+                f"could not cache the run in {store.path} "
+                f"({err.strerror or type(err).__name__}); it is returned uncached",
+                stacklevel=2,
+            )
+            return build(payload, from_cache=False)
         store.drop_partial()
         return build(payload, from_cache=False)

@@ -73,6 +73,7 @@ class Config:
     def __post_init__(self) -> None:
         if not isinstance(self.language, Language):
             _fail(self, "language", "a testbeds.lm.Language")
+        contract.check_field_types(self)
         _positive_ints(
             self,
             (
@@ -141,16 +142,22 @@ class RLConfig:
     checkpoints: tuple[int, ...] | None = None
     log_every: int = 10  # probe-prompt KL every this many steps (training stats every step)
     probe_samples: int = 4  # continuations per probe prompt for the probe KL
+    # replicates of one pretrained seed: r > 0 samples other prompts and continuations (its SFT
+    # control, an SFTConfig holding this RLConfig, samples its own too); 0 = the original runs
+    replicate: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.base, Config):
             _fail(self, "base", "a testbeds.lm.Config")
+        contract.check_field_types(self)
         if self.reward not in REWARDS:
             _fail(self, "reward", f"one of {REWARDS}")
         _positive_ints(
             self,
             ("steps", "prompts_per_step", "prompt_len", "gen_len", "log_every", "probe_samples"),
         )
+        if self.replicate < 0:
+            _fail(self, "replicate", "a non-negative int")
         if not isinstance(self.group_size, int) or self.group_size < 2:
             _fail(self, "group_size", "an int ≥ 2 (the baseline leaves one sample out)")
         if self.prompt_len + self.gen_len > self.base.context:
@@ -201,6 +208,7 @@ class SFTConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.rl, RLConfig):
             _fail(self, "rl", "a testbeds.lm.RLConfig")
+        contract.check_field_types(self)
         _positive_ints(self, ("max_steps", "check_every"))
         if not isinstance(self.candidates, int) or self.candidates < 2:
             _fail(self, "candidates", "an int ≥ 2")

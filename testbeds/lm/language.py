@@ -38,6 +38,8 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from testbeds.contract import check_field_types
+
 SLOTS = ("function", "topic", "style")
 FUNCTION, TOPIC, STYLE = range(3)
 STYLES = ("positive", "negative")
@@ -62,6 +64,7 @@ class Language:
         def fail(name: str, allowed: str) -> None:
             raise ValueError(f"{name} must be {allowed}, got {name}={getattr(self, name)!r}")
 
+        check_field_types(self)
         if not isinstance(self.n_topics, int) or self.n_topics < 2:
             fail("n_topics", "an int ≥ 2")
         for name in ("topic_words", "style_words", "function_words"):

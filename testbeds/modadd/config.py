@@ -66,12 +66,19 @@ class Config:
         def fail(name: str, allowed: str) -> None:
             raise ValueError(f"{name} must be {allowed}, got {name}={getattr(self, name)!r}")
 
+        contract.check_field_types(self)
         if self.arch not in ARCHS:
             fail("arch", f"one of {ARCHS}")
         if not isinstance(self.p, int) or self.p < 3 or not is_prime(self.p):
             fail("p", "an odd prime ≥ 3 (the Fourier ground truth needs it)")
         if not 0.0 < self.train_fraction < 1.0:
             fail("train_fraction", "in the open interval (0, 1)")
+        if not 1 <= self.n_train <= self.n_pairs - 1:
+            fail(
+                "train_fraction",
+                f"such that the training and test sets are both non-empty: round(train_fraction"
+                f" · p²) = {self.n_train} of p² = {self.n_pairs} pairs",
+            )
         if not 0.0 <= self.label_noise < 1.0:
             fail("label_noise", "in [0, 1)")
         for name in ("width", "d_model", "n_heads", "d_mlp", "epochs", "log_every"):

@@ -51,6 +51,7 @@ class Config:
         def fail(name: str, allowed: str) -> None:
             raise ValueError(f"{name} must be {allowed}, got {name}={getattr(self, name)!r}")
 
+        contract.check_field_types(self, skip=("sparsity",))  # a number or a sequence, below
         for name in ("n_features", "n_hidden", "n_points", "steps", "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
