@@ -396,6 +396,26 @@ def test_rl_sft_and_continue_runs():
     assert lm.train_rl(TINY_RL, seed=0).from_cache
 
 
+def test_replicates_sample_their_own_prompts_from_the_same_pretrained_model():
+    first = lm.train_rl(TINY_RL, seed=0)
+    again = lm.train_rl(TINY_RL.replace(replicate=1), seed=0)
+    other = lm.train_rl(TINY_RL.replace(replicate=2), seed=0)
+    start = first.checkpoints[0]
+    for run in (again, other):  # one pretrained starting point …
+        assert all(torch.equal(run.checkpoints[0][k], v) for k, v in start.items())
+    finals = [r.checkpoints[r.final_step]["unembed.weight"] for r in (first, again, other)]
+    assert not torch.equal(finals[0], finals[1]) and not torch.equal(finals[1], finals[2])
+    assert lm.train_rl(TINY_RL.replace(replicate=1), seed=0).from_cache  # … reproducible
+    with pytest.raises(ValueError, match="replicate must be a non-negative int"):
+        TINY_RL.replace(replicate=-1)
+    sft = [
+        lm.train_sft(SFTConfig(rl=TINY_RL.replace(replicate=r), candidates=4, lr=1e-3), seed=0)
+        for r in (0, 1)
+    ]
+    assert sft[1].log.target_kl.iloc[-1] == again.log.probe_kl.dropna().iloc[-1]
+    assert not torch.equal(*(s.checkpoints[s.final_step]["unembed.weight"] for s in sft))
+
+
 def test_interrupted_rl_resumes_to_the_same_run(monkeypatch):
     reference = lm.train_rl(TINY_RL, seed=1, cache=False)
     monkeypatch.setattr(runs, "PARTIAL_SAVE_SECONDS", 0.0)

@@ -164,6 +164,12 @@ def random_perturbation(
     return out
 
 
+def replicate_purpose(purpose: str, replicate: int) -> str:
+    """The generator purpose of a fine-tuning replicate: replicate 0 keeps ``purpose`` (the
+    original runs), replicate r > 0 draws its own prompts and samples."""
+    return purpose if replicate == 0 else f"{purpose}/replicate{replicate}"
+
+
 def _reference_and_copy(base, seed: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """The pretrained run's final model, frozen (the reference), and a trainable copy."""
     reference = train(base, seed, device=device).final_model(device)
@@ -183,8 +189,8 @@ def _sample_prompts(config: RLConfig, generator: torch.Generator, device: torch.
 def _train_rl(config: RLConfig, seed: int, store: RunStore | None, device: torch.device) -> dict:
     reference, policy = _reference_and_copy(config.base, seed, device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
-    prompts_g = derived_generator(seed, "rl/prompts")
-    samples_g = derived_generator(seed, "rl/samples")
+    prompts_g = derived_generator(seed, replicate_purpose("rl/prompts", config.replicate))
+    samples_g = derived_generator(seed, replicate_purpose("rl/samples", config.replicate))
     loop = TrainLoop(
         store,
         policy,
@@ -231,8 +237,8 @@ def _train_sft(config: SFTConfig, seed: int, store: RunStore | None, device: tor
     target = float(train_rl(rl, seed, device=device).log["probe_kl"].dropna().iloc[-1])
     reference, policy = _reference_and_copy(rl.base, seed, device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
-    prompts_g = derived_generator(seed, "sft/prompts")
-    samples_g = derived_generator(seed, "sft/samples")
+    prompts_g = derived_generator(seed, replicate_purpose("sft/prompts", rl.replicate))
+    samples_g = derived_generator(seed, replicate_purpose("sft/samples", rl.replicate))
     loop = TrainLoop(
         store,
         policy,
