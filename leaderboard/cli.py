@@ -54,7 +54,6 @@ from leaderboard.records import (
     claim_records,
     claims_frame,
     from_row,
-    latest,
     markdown,
     read,
     records_path,
@@ -283,11 +282,14 @@ def wandb_mode(flag: str | None) -> str:
 
 
 def numeric_claims(records: pd.DataFrame) -> pd.DataFrame:
-    """The newest claim records, one row per (claim, preset, statistic, role, seed), with the
-    value, control, chance and threshold as numbers (the W&B claims table)."""
+    """The current claim records (:func:`leaderboard.generate.current`: the newest per claim,
+    preset, statistic and seed, whatever its role) with the value, control, chance and
+    threshold as numbers (the W&B claims table)."""
     columns = ["claim", "preset", "statistic", "role", "seed", "value", "control_value"]
     columns += ["chance", "comparison", "threshold", "passed", "note"]
-    recent = latest(claim_records(records)) if len(records) else pd.DataFrame()
+    from leaderboard.generate import current
+
+    recent = current(claim_records(records)) if len(records) else pd.DataFrame()
     if recent.empty:
         return pd.DataFrame(columns=columns)
     frame = recent.reindex(columns=columns).sort_values(["claim", "preset", "statistic", "seed"])

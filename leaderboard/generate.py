@@ -83,6 +83,7 @@ from testbeds.sources import source_hash
 TABLES = ("summary", "claims", "seeds", "leaderboard")
 SUMMARY_ROLES = ("gating", "superseded", "exploratory")
 DEFAULT_FILES = ("README.md", "docs/**/*.md")
+SUMMARY_MAX_LINES = 3  # a summary row with more statistic × preset lines shows them on its page
 CONTROL_PREFIX = "control_"  # statistics that judge a claim's negative control
 
 BEGIN = re.compile(r"^(?P<indent>[ \t>]*)<!-- ntkbench:begin (?P<spec>.*?)(?P<close> -->)?[ \t]*$")
@@ -223,8 +224,11 @@ def _criterion_text(group: pd.DataFrame) -> str:
 
 
 def _seeds_text(seeds: Iterable[int]) -> str:
-    """``[0, 1, 2]`` → "0–2"; gaps are listed."""
+    """``[0, 1, 2]`` → "0–2"; gaps are listed. A negative seed marks a check over all of a
+    claim's seeds and is not listed beside them."""
     seeds = sorted({int(s) for s in seeds})
+    if any(s >= 0 for s in seeds):
+        seeds = [s for s in seeds if s >= 0]
     if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
         return f"{seeds[0]}–{seeds[-1]}"
     return ", ".join(map(str, seeds))
@@ -265,9 +269,20 @@ def failures(group: pd.DataFrame, presets: Sequence[str]) -> str:
 
 
 # -- the tables ------------------------------------------------------------------------------------
+def current(records: pd.DataFrame) -> pd.DataFrame:
+    """The newest record per claim, testbed, preset, statistic and seed, whatever its role:
+    when a claim's role changes (a gating instrument is superseded), its records under the old
+    role are history, not a second current value."""
+    if records.empty:
+        return records
+    frame = latest(records)  # roles filled in
+    keys = ["claim", "testbed", "preset", "statistic", "seed"]
+    return frame.sort_values("started_at", kind="stable").groupby(keys).tail(1)
+
+
 def claim_scope(records: pd.DataFrame, block: Block) -> pd.DataFrame:
-    """The newest claim records (checks and diagnostics) a block draws on."""
-    frame = latest(claim_records(records)) if not records.empty else records
+    """The current claim records (checks and diagnostics, :func:`current`) a block draws on."""
+    frame = current(claim_records(records)) if not records.empty else records
     if frame.empty:
         return frame
     claims = block.claims
@@ -294,8 +309,9 @@ def _preset_order(frame: pd.DataFrame, block: Block) -> list[str]:
 def summary_table(scope: pd.DataFrame, links: dict[str, str]) -> str:
     """One row per claim and role (module docstring). Within a row, the preset, statistic,
     value, control and criterion cells hold one line per judged statistic and preset, aligned;
-    control checks (statistics named ``control_…``) count in the verdict and are shown in
-    full on the per-claim pages."""
+    a claim with more than ``SUMMARY_MAX_LINES`` such lines lists its presets and points to its
+    page instead, so the table fits one screen. Control checks (statistics named
+    ``control_…``) count in the verdict and are shown in full on the per-claim pages."""
     lined = ["preset", "statistic", "value per seed", "control per seed", "criterion"]
     columns = ["claim", "role", "seeds", *lined, "verdict", "note"]
     rows = []
@@ -317,6 +333,16 @@ def summary_table(scope: pd.DataFrame, links: dict[str, str]) -> str:
                 lines["control per seed"].append(values_text(control, these))
                 lines["criterion"].append(_criterion_text(these))
         result = failures(group, presets)
+        if len(lines["statistic"]) > SUMMARY_MAX_LINES:  # one screen: the details are on the page
+            page = f"[per-claim page]({links[claim]})" if claim in links else "per-claim page"
+            n_stats = len(set(main["statistic"]))
+            lines = {
+                "preset": [", ".join(f"`{p}`" for p in presets)],
+                "statistic": [f"{n_stats} statistics × {len(presets)} presets"],
+                "value per seed": [f"{len(lines['statistic'])} rows: {page}"],
+                "control per seed": ["–"],
+                "criterion": ["see page"],
+            }
         rows.append(
             {
                 "claim": f"[{claim}]({links[claim]})" if claim in links else claim,

@@ -347,3 +347,42 @@ def test_the_device_option_sets_the_environment_before_the_command(tree, capsys,
     assert seen["device"] == "cuda"
     with pytest.raises(SystemExit):
         cli.main(["--device", "tpu", "report"])
+
+
+def test_a_summary_row_with_many_lines_points_to_its_page():
+    from leaderboard.generate import SUMMARY_MAX_LINES, summary_table
+
+    rows = []
+    for preset in ("a", "b", "c"):
+        for statistic in ("s1", "s2"):
+            for seed in (3, 4, 5):
+                rows.append(
+                    dict(claim="X9", role="exploratory", preset=preset, statistic=statistic,
+                         seed=seed, value=0.5, control_value=None, threshold=0.4,
+                         comparison=">=", passed=True, note="", kind="claim")
+                )  # fmt: skip
+    rows.append(
+        dict(claim="X9", role="exploratory", preset="a", statistic="decided", seed=-1, value=2,
+             control_value=None, threshold=2, comparison=">=", passed=True, note="",
+             kind="claim")
+    )  # fmt: skip
+    table = summary_table(pd.DataFrame(rows), {"X9": "docs/claims/x9.md"})
+    row = next(line for line in table.splitlines() if line.startswith("| [X9]"))
+    assert "<br>" not in row and 6 + 1 > SUMMARY_MAX_LINES
+    assert "| 3–5 | `a`, `b`, `c` | 3 statistics × 3 presets |" in row
+    assert "[per-claim page](docs/claims/x9.md)" in row and "| pass |" in row
+
+
+def test_a_superseded_claim_shows_only_its_current_role():
+    from leaderboard.generate import current
+
+    old = dict(claim="X1", testbed="t", preset="p", statistic="s", seed=0, value=0.1,
+               threshold=0.5, comparison=">=", passed=False, kind="claim", role="gating",
+               note="", started_at="2026-01-01T00:00:00")  # fmt: skip
+    new = {**old, "role": "superseded", "note": "v1", "started_at": "2026-02-01T00:00:00"}
+    other = {**old, "seed": 3, "statistic": "s2", "role": "gating", "passed": True}
+    frame = current(pd.DataFrame([old, new, other]))
+    assert sorted(zip(frame["statistic"], frame["role"], strict=True)) == [
+        ("s", "superseded"),
+        ("s2", "gating"),
+    ]
