@@ -23,12 +23,6 @@ KINDS = ("positive", "control")
 # replaced by noise-floor-checked versions (claims v2, part 2); until then they gate without a
 # hand-built network. Every entry must still be a declared gating claim.
 AWAITING_GATE = {
-    "H2a": "instrument to be replaced (k at a spectral gap, replicates)",
-    "H2b": "instrument to be replaced (k at a spectral gap, replicates)",
-    "H2c": "instrument to be replaced (replicates and an interval)",
-    "H2d": "to be judged over replicates",
-    "H3b": "instrument to be replaced (censored half-lives)",
-    "H4": "instrument to be replaced (ratio relative to its random-move control)",
     "H5": "no hand-built grokking trajectory yet",
     "H6": "no hand-built trajectory yet",
     "H7": "instrument to be replaced (pairwise game on lin2025_mlp)",

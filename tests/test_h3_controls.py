@@ -211,3 +211,62 @@ def test_memorisation_solution_memorises_only_its_own_examples():
     assert (model(x).argmax(-1)[corrupted] == y[corrupted]).all()
     with pytest.raises(ValueError, match="label_noise"):
         modadd.memorisation_solution(config.replace(label_noise=0.0), seed)
+
+
+# ---- H3b′: censored half-lives ---------------------------------------------------------------
+def test_censored_half_life_ratios_are_decided_only_when_the_bounds_decide():
+    from hypotheses.test_h3b_censored_half_lives import RATIO_MIN, censored_ratio
+
+    exact = censored_ratio((3000, True), (1000, True), 6000)
+    assert exact == dict(value=3.0, bound="exact", decided=True, passed=True)
+    assert censored_ratio((1500, True), (1000, True), 6000)["passed"] is False
+    lower = censored_ratio((6000, False), (2000, True), 6000)  # > 6000 / 2000 = 3
+    assert lower == dict(value=3.0, bound="lower", decided=True, passed=True)
+    weak = censored_ratio((6000, False), (4000, True), 6000)  # the bound 1.5 is judged as is
+    assert weak == dict(value=1.5, bound="lower", decided=True, passed=False)
+    empty = censored_ratio((0, True), (0, True), 6000)  # a circuit with no neurons
+    assert not empty["decided"] and empty["passed"] is None
+    upper = censored_ratio((3000, True), (6000, False), 6000)  # < 0.5
+    assert upper == dict(value=0.5, bound="upper", decided=True, passed=False)
+    both = censored_ratio((6000, False), (6000, False), 6000)
+    assert not both["decided"] and both["passed"] is None and math.isnan(both["value"])
+    assert both["value"] != 1.0 and RATIO_MIN == 2.0  # two censored times are never a ratio
+
+
+def test_h3b_v2_checkpoint_needs_every_label_fitted_and_generalisation():
+    from types import SimpleNamespace
+
+    from hypotheses.test_h3b_censored_half_lives import both_circuits_checkpoint
+
+    log = pd.DataFrame(
+        {
+            "epoch": [0, 5, 10, 15],
+            "train_acc": [0.1, 1.0, 1.0, 1.0],
+            "test_acc": [0.0, 0.13, 0.95, 0.97],
+        }
+    )
+    run = SimpleNamespace(log=log, config=SimpleNamespace(checkpoint_epochs=(0, 5, 10, 15)))
+    assert both_circuits_checkpoint(run) == 10  # 5 fits every label before generalising
+    run.log = log.assign(test_acc=0.5)
+    assert both_circuits_checkpoint(run) is None
+
+
+def test_h3b_v2_seed_outcome_end_to_end_on_a_tiny_run(tmp_path, monkeypatch):
+    from hypotheses import test_h3b_censored_half_lives as h3b
+
+    monkeypatch.setenv("NTKBENCH_RESULTS", str(tmp_path))
+    monkeypatch.setattr(h3b.modadd, "preset", lambda name: NOISY)
+    monkeypatch.setattr(h3b, "both_circuits_checkpoint", lambda run: run.steps[-1])
+    monkeypatch.setattr(h3b, "BUDGET", 30)
+    outcome = h3b.seed_outcome(0)
+    extra = outcome["extra"]
+    assert extra["budget"] == 30 and extra["checkpoint_epoch"] == NOISY.epochs
+    assert outcome["bound"] in ("exact", "lower", "upper", "none")
+    assert outcome["decided"] == (outcome["passed"] is not None)
+    for arm in ("minibatch", "full"):
+        value = extra[f"half_life_mem_{arm}"]
+        assert value == "> 30" or 0 < value <= 30
+        assert (tmp_path / "h3b_v2" / f"seed0_{arm}.csv").exists()
+    monkeypatch.setattr(h3b, "both_circuits_checkpoint", lambda run: None)
+    undecided = h3b.seed_outcome(0)
+    assert not undecided["decided"] and "no checkpoint" in undecided["extra"]["reason"]

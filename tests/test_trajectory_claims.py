@@ -183,3 +183,41 @@ def test_thinned_keeps_ends():
     steps = list(range(39))
     kept = thinned(steps)
     assert kept[0] == 0 and kept[-1] == 38 and len(kept) == 14
+
+
+# ---- H4′: the erank trajectory and its random-move control -------------------------------------
+def test_h4_v2_statistics_against_a_float64_brute_force(tmp_path, monkeypatch):
+    from torch.func import functional_call, jacrev, vmap
+
+    from hypotheses.test_h4_rank_above_random_move import cosine_erank, h4_v2_statistics
+    from testbeds import runs
+
+    monkeypatch.setenv(runs.CACHE_ENV, str(tmp_path))
+    run = modadd.train(modadd.Config(p=5, width=12, epochs=30, checkpoints=(0, 10, 20, 30)), 3)
+    probe = modadd.testbed.probe(run)
+
+    def brute(model) -> float:
+        model = model.double()
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        x = probe.inputs.double()
+
+        def out(p, xi):
+            return functional_call(model, p, (xi[None],))[0]
+
+        jac = vmap(jacrev(out), in_dims=(None, 0))(params, x)  # per input: (outputs, *param)
+        flat = torch.cat([j.reshape(len(x), j.shape[1], -1) for j in jac.values()], -1)
+        K = torch.einsum("icp,jcp->ij", flat, flat)
+        d = K.diagonal().rsqrt()
+        lam = torch.linalg.eigvalsh(d[:, None] * K * d[None]).clamp_min(0)
+        p = lam / lam.sum()
+        return float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+
+    for step in run.steps:
+        assert cosine_erank(run.model_at(step), probe) == pytest.approx(
+            brute(run.model_at(step)), rel=1e-4
+        )
+    stats = h4_v2_statistics(run, "lin2025_mlp", seed=3)
+    assert stats["checkpoints"] == 4
+    assert stats["erank_init"] == pytest.approx(brute(run.model_at(0)), rel=1e-4)
+    assert stats["end_over_moved"] == pytest.approx(stats["erank_end"] / stats["erank_moved"])
+    assert stats["moved_over_init"] == pytest.approx(stats["erank_moved"] / stats["erank_init"])
