@@ -225,10 +225,11 @@ def _criterion_text(group: pd.DataFrame) -> str:
 
 def _seeds_text(seeds: Iterable[int]) -> str:
     """``[0, 1, 2]`` → "0–2"; gaps are listed. A negative seed marks a check over all of a
-    claim's seeds and is not listed beside them."""
+    claim's seeds: it is not listed beside them, and alone it reads "all"."""
     seeds = sorted({int(s) for s in seeds})
-    if any(s >= 0 for s in seeds):
-        seeds = [s for s in seeds if s >= 0]
+    if seeds and all(s < 0 for s in seeds):
+        return "all"
+    seeds = [s for s in seeds if s >= 0]
     if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
         return f"{seeds[0]}–{seeds[-1]}"
     return ", ".join(map(str, seeds))
@@ -536,13 +537,23 @@ def seeds_table(scope: pd.DataFrame, block: Block) -> str:
     return _markdown(pd.DataFrame(out, columns=header))
 
 
+def from_plugin(row: pd.Series) -> bool:
+    """Whether a score record came from a plug-in file (``extra.method_origin``)."""
+    extra = row.get("extra")
+    origin = extra.get("method_origin", "") if isinstance(extra, dict) else ""
+    return str(origin).startswith("plugin:")
+
+
 def score_scope(records: pd.DataFrame, block: Block) -> pd.DataFrame:
-    """The newest score per method, task and seed a leaderboard block draws on."""
+    """The newest score per method, task and seed a leaderboard block draws on (no plug-in's
+    scores, unless the block names its methods)."""
     if records.empty:
         return records
     scores = records[kinds(records) == "score"]
     if block.listed("methods"):
         scores = scores[scores["method"].isin(block.listed("methods"))]
+    else:  # plug-in runs write their own tables; the block shows the registered methods
+        scores = scores[~scores.apply(from_plugin, axis=1)]
     if block.listed("tasks"):
         scores = scores[scores["task"].isin(block.listed("tasks"))]
     if scores.empty:

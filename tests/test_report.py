@@ -386,3 +386,19 @@ def test_a_superseded_claim_shows_only_its_current_role():
         ("s", "superseded"),
         ("s2", "gating"),
     ]
+
+
+def test_a_plugins_scores_stay_out_of_the_leaderboard_block(tree, capsys):
+    root, records, _ = tree
+    append(
+        Record(
+            claim="", testbed="t", preset="p", seed=0, statistic="task_a", value=0.99,
+            chance=0.1, method="my_plugin", task="task_a", cache_key="plugin-0", git_sha=SHA,
+            started_at="2026-01-02T00:00:00",
+            extra={"method_origin": "plugin:leaderboard/examples/my_method.py"},
+        ),
+        records,
+    )  # fmt: skip
+    status, _ = run(["report", "--root", str(root), "--records", str(records)], capsys)
+    board = (root / "docs" / "leaderboard.md").read_text(encoding="utf-8")
+    assert status == 0 and "| good |" in board and "my_plugin" not in board
