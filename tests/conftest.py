@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
@@ -24,9 +25,16 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    import pytest
-
     skip = pytest.mark.skip(reason="needs a CUDA device; torch sees none on this machine")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """Results in a temporary folder and W&B disabled (its files, if any, there too)."""
+    monkeypatch.setenv("NTKBENCH_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    return tmp_path / "results"

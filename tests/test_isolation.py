@@ -3,22 +3,17 @@ and the leaderboard goes on (leaderboard/isolation.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import textwrap
 
 import pytest
-import torch
-from torch import nn
 
-import testbeds
-from leaderboard.api import METHODS, Problem, Task, load_builtins, load_plugin
+from leaderboard.api import METHODS, load_builtins, load_plugin
 from leaderboard.isolation import isolated
 from leaderboard.runner import evaluate
-from leaderboard.scoring import subspace_score
-from metrics.spectra import orthonormal_basis
-
-N, D = 24, 5
+from tests.tiny import tiny_basis, tiny_problem, tiny_task
 
 PLUGIN = textwrap.dedent(
     """
@@ -85,47 +80,13 @@ TRUSTED = ["entk_trace", "activation_pca", "random"]
 SHIFT = 0.0  # added to the tiny problem's inputs
 
 
-def loss(outputs, targets):
-    return nn.functional.cross_entropy(outputs, targets, reduction="none")
-
-
 def setup(seed: int):
-    generator = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Linear(D, 6), nn.Tanh(), nn.Linear(6, 3))
-    for p in model.parameters():
-        nn.init.normal_(p, 0.0, 0.5, generator=generator)
-    problem = Problem(
-        model=model,
-        inputs=torch.randn(N, D, generator=generator) + SHIFT,
-        k=3,
-        kind="directions",
-        over="inputs",
-        rows=N,
-        targets=torch.zeros(N, dtype=torch.long),
-        loss=loss,
-        activations=lambda model, x: model[1](model[0](x)),
-        seed=seed,
-        task="tiny_isolated",
-    )
-    return problem, orthonormal_basis(torch.eye(N, dtype=torch.float64)[:, :3])
+    problem = tiny_problem(seed, task="tiny_isolated", shift=SHIFT)
+    problem = dataclasses.replace(problem, activations=lambda model, x: model[1](model[0](x)))
+    return problem, tiny_basis()
 
 
-def score(output, truth, problem):
-    value, chance = subspace_score(output, truth, problem.k)
-    return value, chance, {}
-
-
-TASK = Task(
-    name="tiny_isolated",
-    testbed="modadd",
-    preset="lin2025_mlp",
-    kind="directions",
-    over="inputs",
-    description="tiny",
-    config=testbeds.get("modadd").preset("lin2025_mlp"),
-    setup=setup,
-    score=score,
-)
+TASK = tiny_task(name="tiny_isolated", setup=setup)
 
 
 @pytest.fixture

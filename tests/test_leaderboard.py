@@ -19,7 +19,7 @@ from sklearn.decomposition import PCA
 from torch import nn
 
 from leaderboard import api, cli
-from leaderboard.api import METHODS, NotApplicable, Problem, Task, register_method
+from leaderboard.api import METHODS, NotApplicable, Problem, register_method
 from leaderboard.records import Record, append, read
 from leaderboard.runner import OutputError, check_output, evaluate
 from leaderboard.scoring import indicator_directions, partition_score, subspace_score
@@ -27,6 +27,7 @@ from leaderboard.table import aggregate, leaderboard_display, leaderboard_markdo
 from leaderboard.wandb_log import log_run
 from metrics.entk import entk
 from metrics.spectra import eigh_sorted, orthonormal_basis, subspace_overlap
+from tests.tiny import N, tiny_problem, tiny_task
 
 ROOT = Path(__file__).resolve().parents[1]
 api.load_builtins()
@@ -41,63 +42,7 @@ def registry():
     METHODS.update(saved)
 
 
-@pytest.fixture(autouse=True)
-def results(tmp_path, monkeypatch):
-    monkeypatch.setenv("NTKBENCH_RESULTS", str(tmp_path / "results"))
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    return tmp_path / "results"
-
-
-# -- a tiny task with a known answer, no training ----------------------------------------------
-N, D = 24, 5
-
-
-def tiny_problem(seed: int, kind: str = "directions") -> Problem:
-    generator = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Linear(D, 6), nn.Tanh(), nn.Linear(6, 3))
-    inputs = torch.randn(N, D, generator=generator)
-    for p in model.parameters():  # seeded: the same seed gives the same problem
-        nn.init.normal_(p, 0.0, 0.5, generator=generator)
-    return Problem(
-        model=model,
-        inputs=inputs,
-        k=3,
-        kind=kind,
-        over="inputs",
-        rows=N,
-        targets=torch.zeros(N, dtype=torch.long),
-        loss=lambda z, y: nn.functional.cross_entropy(z, y, reduction="none"),
-        seed=seed,
-        task="tiny",
-    )
-
-
-def tiny_task(kind: str = "directions", setup=None) -> Task:
-    basis = orthonormal_basis(torch.eye(N, dtype=torch.float64)[:, :3])
-
-    def default_setup(seed):
-        return tiny_problem(seed, kind), basis
-
-    def score(output, truth, problem):
-        if kind == "directions":
-            value, chance = subspace_score(output, truth, problem.k)
-            return value, chance, {}
-        labels = torch.arange(N) % 3
-        value, chance, raw = partition_score(output, labels, torch.ones(N, dtype=bool), 3)
-        return value, chance, {"ari": raw}
-
-    return Task(
-        name=f"tiny_{kind}",
-        testbed="modadd",
-        preset="lin2025_mlp",
-        kind=kind,
-        over="inputs",
-        description="tiny",
-        config=__import__("testbeds").modadd.preset("lin2025_mlp"),
-        setup=setup or default_setup,
-        score=score,
-    )
+pytestmark = pytest.mark.usefixtures("results")  # tests/conftest.py
 
 
 # -- registry and plug-ins ---------------------------------------------------------------------

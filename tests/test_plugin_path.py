@@ -15,21 +15,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from leaderboard import api, cli, report
-from leaderboard.api import METHODS, Problem, Task
+from leaderboard.api import METHODS
 from leaderboard.folders import check_folders, unwritable
 from leaderboard.records import Record, read
 from leaderboard.runner import evaluate
-from leaderboard.scoring import subspace_score
 from leaderboard.table import aggregate, leaderboard_display
 from leaderboard.wandb_log import log_run, table_frame
-from metrics.spectra import orthonormal_basis
 from testbeds import modadd
+from tests.tiny import tiny_task
 
 api.load_builtins()
-N, D = 24, 5
 PLUGIN = (
     "import torch\n"
     "from leaderboard import register_method\n"
@@ -39,54 +36,14 @@ PLUGIN = (
 )
 
 
-@pytest.fixture(autouse=True)
-def results(tmp_path, monkeypatch):
-    monkeypatch.setenv("NTKBENCH_RESULTS", str(tmp_path / "results"))
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    return tmp_path / "results"
+pytestmark = pytest.mark.usefixtures("results")  # tests/conftest.py
 
 
 @pytest.fixture
 def tiny(monkeypatch):
     """A registered task with a known answer and no training; the method registry restored."""
     saved = dict(METHODS)
-    basis = orthonormal_basis(torch.eye(N, dtype=torch.float64)[:, :3])
-
-    def setup(seed):
-        generator = torch.Generator().manual_seed(seed)
-        model = nn.Sequential(nn.Linear(D, 6), nn.Tanh(), nn.Linear(6, 3))
-        for p in model.parameters():
-            nn.init.normal_(p, 0.0, 0.5, generator=generator)
-        problem = Problem(
-            model=model,
-            inputs=torch.randn(N, D, generator=generator),
-            k=3,
-            kind="directions",
-            over="inputs",
-            rows=N,
-            targets=torch.zeros(N, dtype=torch.long),
-            loss=lambda z, y: nn.functional.cross_entropy(z, y, reduction="none"),
-            seed=seed,
-            task="tiny_plugin_task",
-        )
-        return problem, basis
-
-    def score(output, truth, problem):
-        value, chance = subspace_score(output, truth, problem.k)
-        return value, chance, {}
-
-    task = Task(
-        name="tiny_plugin_task",
-        testbed="modadd",
-        preset="lin2025_mlp",
-        kind="directions",
-        over="inputs",
-        description="tiny",
-        config=modadd.preset("lin2025_mlp"),
-        setup=setup,
-        score=score,
-    )
+    task = tiny_task(name="tiny_plugin_task")
     monkeypatch.setitem(api.TASKS, task.name, task)
     yield task
     METHODS.clear()
