@@ -21,6 +21,12 @@ Pre-registered in the coalition issue; ``lin2025_mlp``; 3 seeds; every seed must
 * Recorded, not gating: the same curves for the Gauss–Newton and whitened-kernel trees, and
   for ``lin2025_transformer`` (heads and MLP neurons as units); plotted in
   ``results/plots/h7_*.png``.
+
+**Superseded by H7′** (``test_h7_resolution_depth.py``): on ``lin2025_mlp`` the game is exactly
+pairwise (third-order Möbius dividends are 0), so higher-order coalitions cannot become
+load-bearing there, every balanced tree has the same depth profile, and grouping interacting
+units *lowers* the attribution height. Still computed and recorded (role "superseded"); it no
+longer gates.
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ from leaderboard.records import results_dir
 from testbeds import modadd
 from testbeds.trajectory import metric_series
 
-GATING_CLAIMS = ("H7",)  # see tests/test_gate.py
+GATING_CLAIMS = ()  # see tests/test_gate.py
+SUPERSEDED_CLAIMS = ("H7",)  # by H7′, test_h7_resolution_depth.py
+V1_NOTE = "v1 — a pairwise game on lin2025_mlp; the statistic cannot see the tree (see H7′)"
 
 # Pre-registered thresholds (coalition issue, "Claim H7").
 H7A_SPEARMAN_MIN = 0.8
@@ -167,7 +175,15 @@ def test_h7_circuit_depth_rises(seed, record):
     verdict = depth_verdict(frame)
     save(frame, run, PRESET)
     extra = extra_of(frame, verdict, trees)
-    common = dict(claim="H7", testbed=modadd.TESTBED, preset=PRESET, seed=seed, config=config)
+    common = dict(
+        claim="H7",
+        testbed=modadd.TESTBED,
+        preset=PRESET,
+        seed=seed,
+        config=config,
+        role="superseded",
+        note=V1_NOTE,
+    )
     record_verdict(record, verdict, extra, common, growth=True)
     record.assert_passed(extra)
 
