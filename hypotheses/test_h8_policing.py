@@ -19,6 +19,10 @@ Pre-registered in the coalition issue; ``lin2025_mlp`` and the corrupted-label p
 ``doshi2023_mlp``, trained (final checkpoint); 3 seeds; every seed must pass: at least one
 sector with s_P ≤ 0.01, c_PQ ≥ 0.5 with some Q and κ_PQ < 0 for that Q. Every sector's
 (s_P, best c_PQ, sign of κ there) table is recorded per seed (``results/h8/``).
+
+**Superseded by H8′** (``test_h8_police_power.py``): random sector labellings meet
+c_PQ ≥ 0.5 (0.91–0.96), and the detector's power on a police circuit inside a sector was never
+shown. Still computed and recorded (role "superseded"); it no longer gates.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from metrics.hierarchy import Tree
 from metrics.police import police_scores_for
 from testbeds import modadd
 
-GATING_CLAIMS = ("H8",)  # see tests/test_gate.py
+GATING_CLAIMS = ()  # see tests/test_gate.py
+SUPERSEDED_CLAIMS = ("H8",)  # by H8′, test_h8_police_power.py
+V1_NOTE = "v1 — random labellings meet its coupling threshold; power never shown (see H8′)"
 
 # Pre-registered thresholds (coalition issue, "Claim H8").
 H8_SHARE_MAX = 0.01
@@ -95,5 +101,6 @@ def test_h8_police_sectors_exist(preset, seed, record):
         comparison=">=",
         control_value=len({p for p, _ in control.police(H8_SHARE_MAX, H8_COUPLING_MIN)}),
         extra=extra,
+        role="superseded",
+        note=V1_NOTE,
     )
-    record.assert_passed({"min_share": extra["min_share"]})

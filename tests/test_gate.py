@@ -25,7 +25,6 @@ KINDS = ("positive", "control")
 AWAITING_GATE = {
     "H5": "no hand-built grokking trajectory yet",
     "H6": "no hand-built trajectory yet",
-    "H8": "instrument to be replaced (power not shown)",
 }
 
 
