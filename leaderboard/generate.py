@@ -210,7 +210,11 @@ def fmt(value: Any, spec: str = "") -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         if spec:
             return format(int(value) if spec.endswith("d") else value, spec)
-        return str(value) if isinstance(value, int) else f"{value:.3f}"
+        if isinstance(value, int):
+            return str(value)
+        if value != 0 and abs(value) < 5e-4:  # would read 0.000: scientific, 3 digits
+            return f"{value:.2e}"
+        return f"{value:.3f}"
     return str(value)
 
 
@@ -365,15 +369,14 @@ def summary_table(scope: pd.DataFrame, links: dict[str, str]) -> str:
 
 def values_text(values: Iterable[Any], records: pd.DataFrame) -> str:
     """Per-seed values, comma-separated: as integers when they are counts (every value and the
-    threshold are whole numbers), else to 3 decimals; "–" when every value is missing."""
+    threshold, if there is one, are whole numbers), else to 3 decimals (scientific, 3 digits,
+    below 5e-4); "–" when every value is missing."""
     values = list(values)
     if all(_is_missing(v) for v in values):
         return "–"
     thresholds = records["threshold"].dropna() if "threshold" in records else pd.Series()
-    counts = (
-        len(thresholds) > 0
-        and all(float(t).is_integer() for t in thresholds)
-        and all(_is_missing(v) or float(v).is_integer() for v in values)
+    counts = all(float(t).is_integer() for t in thresholds) and all(
+        _is_missing(v) or float(v).is_integer() for v in values
     )
     return ", ".join(fmt(v, "d" if counts and not _is_missing(v) else "") for v in values)
 

@@ -402,3 +402,13 @@ def test_a_plugins_scores_stay_out_of_the_leaderboard_block(tree, capsys):
     status, _ = run(["report", "--root", str(root), "--records", str(records)], capsys)
     board = (root / "docs" / "leaderboard.md").read_text(encoding="utf-8")
     assert status == 0 and "| good |" in board and "my_plugin" not in board
+
+
+def test_small_values_and_uncriterioned_counts_stay_readable():
+    assert generate.fmt(2.32e-4) == "2.32e-04" and generate.fmt(-9.1e-11) == "-9.10e-11"
+    assert generate.fmt(0.0) == "0.000" and generate.fmt(0.0005) == "0.001"
+    diagnostic = pd.DataFrame({"threshold": [None, None]})
+    assert generate.values_text([0.0, 3.0], diagnostic) == "0, 3"
+    assert generate.values_text([0.5, 3.0], diagnostic) == "0.500, 3.000"
+    judged = pd.DataFrame({"threshold": [0.5]})
+    assert generate.values_text([1.0, 2.0], judged) == "1.000, 2.000"
