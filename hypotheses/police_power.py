@@ -178,12 +178,20 @@ def coupling_of(inner: Tensor) -> Tensor:
     return coupling
 
 
-def unit_gradients(
-    model: nn.Module, loss: Loss, inputs: Tensor, targets: Tensor, units: Sequence[UnitSpec]
-) -> UnitGradients:
-    """:class:`UnitGradients` of ``model``'s training loss on ``inputs``, ``targets``."""
+def police_statistics(
+    model: nn.Module,
+    loss: Loss,
+    inputs: Tensor,
+    targets: Tensor,
+    units: Sequence[UnitSpec],
+    examples: Tensor,
+) -> tuple[UnitGradients, Curvature]:
+    """:class:`UnitGradients` and :class:`Curvature` (κ over ``examples``) of ``model``'s
+    training loss on ``inputs``, ``targets``, from one pass of per-example gradients."""
     gradients, _ = per_example_gradients(model, loss, inputs, targets)
-    return UnitGradients.from_gradients(gradients, parameter_masks(model, units))
+    stats = UnitGradients.from_gradients(gradients, parameter_masks(model, units))
+    curvature = Curvature(model, loss, inputs, targets, units, gradients[examples])
+    return stats, curvature
 
 
 # ---- labellings ----------------------------------------------------------------------------
@@ -200,18 +208,12 @@ def _balanced_labels(n_units: int, level: int) -> Tensor:
 
 
 def random_level_labels(n_units: int, level: int, generator: torch.Generator) -> Tensor:
-    """The labels at ``level`` of ``Tree.random(n_units, generator)``, without building it."""
+    """The sectors at ``level`` of ``Tree.random(n_units, generator)``, without building it."""
     base = _balanced_labels(n_units, level)
     perm = torch.randperm(n_units, generator=generator)
     labels = torch.empty(n_units, dtype=torch.long)
     labels[perm] = base
-    S = int(base.max()) + 1
-    first = torch.full((S,), n_units, dtype=torch.long).scatter_reduce(
-        0, labels, torch.arange(n_units), "amin"
-    )
-    rank = torch.empty(S, dtype=torch.long)
-    rank[first.argsort()] = torch.arange(S)
-    return rank[labels]  # sectors numbered by their smallest leaf, as Tree.labels does
+    return labels  # the same sectors as Tree.random's, numbered in another order
 
 
 def max_off_diagonal(coupling: Tensor) -> float:
@@ -243,8 +245,9 @@ def random_max_coupling(
 
 
 class Curvature:
-    """κ_AB = E_n[g_{n,A}ᵀ H_AB g_{n,B}] of a network's loss over chosen examples, for sectors
-    given as sets of units; one batch of Hessian-vector products per distinct B, cached.
+    """κ_AB = E_n[g_{n,A}ᵀ H_AB g_{n,B}] of a network's loss, the mean over the examples whose
+    per-example gradients are ``chosen`` (H: the Hessian of the loss over all ``inputs``), for
+    sectors given as sets of units; one batch of Hessian-vector products per distinct B, cached.
     Units beyond the network's (planted ones) add ``planted`` (T, T): κ between single planted
     units, whose Hessian has no block with the network's."""
 
@@ -255,12 +258,11 @@ class Curvature:
         inputs: Tensor,
         targets: Tensor,
         units: Sequence[UnitSpec],
-        examples: Tensor,
+        chosen: Tensor,
         *,
         chunk_size: int = 64,
     ):
-        gradients, _ = per_example_gradients(model, loss, inputs, targets)
-        self.chosen = gradients.detach().double()[examples]
+        self.chosen = chosen.detach().double()  # (n, P): g_n of the examples κ averages over
         self.masks = parameter_masks(model, units)
         self.hvp = loss_hvp(model, loss, inputs, targets, chunk_size=chunk_size)
         self.planted: Tensor | None = None

@@ -49,9 +49,9 @@ from hypotheses.police_power import (
     level_labels,
     plant,
     police_pairs,
+    police_statistics,
     random_level_labels,
     random_max_coupling,
-    unit_gradients,
 )
 from hypotheses.test_h8_policing import CURVATURE_EXAMPLES, CURVATURE_SEED, H8_SHARE_MAX
 from hypotheses.trajectories import plots_dir
@@ -91,19 +91,20 @@ class Detection:
         return len({p for p, _ in self.police})
 
 
-def detect(
-    stats: UnitGradients,
-    labels: torch.Tensor,
-    curvature: Curvature,
-    level: int,
-    seed: int,
-    attach: torch.Tensor | None = None,
-) -> Detection:
-    """H8′'s detector at one level: the threshold c*_L from ``LABELLINGS`` random labellings
-    (planted units following their leaves), then the police pairs of ``labels``."""
+def threshold_at(
+    stats: UnitGradients, level: int, seed: int, attach: torch.Tensor | None = None
+) -> float:
+    """c*_L: the ``QUANTILE`` of the largest coupling over ``LABELLINGS`` random labellings at
+    ``level`` (planted units following their leaves)."""
     generator = torch.Generator().manual_seed(LABELLING_SEED + 100 * seed + level)
     randoms = random_max_coupling(stats, level, LABELLINGS, generator, attach)
-    threshold = float(torch.quantile(randoms, QUANTILE))
+    return float(torch.quantile(randoms, QUANTILE))
+
+
+def detect(
+    stats: UnitGradients, labels: torch.Tensor, curvature: Curvature, threshold: float
+) -> Detection:
+    """H8′'s detector on one labelling at the coupling threshold ``threshold``."""
     candidates, police = police_pairs(
         stats, labels, curvature, share_max=H8_SHARE_MAX, coupling_min=threshold
     )
@@ -115,11 +116,10 @@ def network(run: Run):
     model = run.final_model().double()
     loss, x, y = training_set(run)
     x = x.double() if x.is_floating_point() else x
-    units = players(model)
-    stats = unit_gradients(model, loss, x, y, units)
     generator = torch.Generator().manual_seed(CURVATURE_SEED + run.seed)
     examples = torch.randperm(len(x), generator=generator)[:CURVATURE_EXAMPLES]
-    return stats, Curvature(model, loss, x, y, units, examples), examples
+    stats, curvature = police_statistics(model, loss, x, y, players(model), examples)
+    return stats, curvature, examples
 
 
 def power(run: Run) -> dict[str, float]:
@@ -137,9 +137,8 @@ def power(run: Run) -> dict[str, float]:
                 curvature.planted = planting.pair.kappa(examples)
                 for level in LEVELS:
                     labels = planting.labels(tree, level)
-                    found = detect(
-                        planting.stats, labels, curvature, level, run.seed, planting.attach
-                    )
+                    threshold = threshold_at(planting.stats, level, run.seed, planting.attach)
+                    found = detect(planting.stats, labels, curvature, threshold)
                     p_sectors, q_sectors = planting.planted_sectors(labels)
                     _, coupling = planting.stats.scores(labels)
                     key = f"w{width}/L{level}"
@@ -238,11 +237,12 @@ def test_h8p_police_sectors(preset, seed, record):
     rows = []
     for level in LEVELS:
         labels = level_labels(tree, level)
-        found = detect(stats, labels, curvature, level, seed)
+        threshold = threshold_at(stats, level, seed)
+        found = detect(stats, labels, curvature, threshold)
         control_labels = random_level_labels(
             U, level, torch.Generator().manual_seed(CONTROL_SEED + seed)
         )
-        control = detect(stats, control_labels, curvature, level, seed)
+        control = detect(stats, control_labels, curvature, threshold)
         share, coupling = stats.scores(labels)
         off = coupling - torch.eye(len(share))
         has_power = level_power(table, level) >= POWER_MIN
@@ -320,9 +320,8 @@ def half_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Te
 def hand_built_hits(seed: int) -> dict[str, list[float]]:
     """Per (width, level): hit (1/0) and the margin c(planted) − c*_L, one planting each."""
     model, x, y, units = independent_units(seed)
-    stats = unit_gradients(model, half_squared_error, x, y, units)
     examples = torch.arange(CURVATURE_EXAMPLES)
-    curvature = Curvature(model, half_squared_error, x, y, units, examples)
+    stats, curvature = police_statistics(model, half_squared_error, x, y, units, examples)
     tree = Tree.balanced(HAND_BUILT_UNITS)
     hits, margins = [], []
     for width in HAND_BUILT_WIDTHS:
@@ -330,7 +329,8 @@ def hand_built_hits(seed: int) -> dict[str, list[float]]:
         curvature.planted = planting.pair.kappa(examples)
         for level in HAND_BUILT_LEVELS:
             labels = planting.labels(tree, level)
-            found = detect(planting.stats, labels, curvature, level, seed, planting.attach)
+            threshold = threshold_at(planting.stats, level, seed, planting.attach)
+            found = detect(planting.stats, labels, curvature, threshold)
             p_sectors, q_sectors = planting.planted_sectors(labels)
             _, coupling = planting.stats.scores(labels)
             best = max(float(coupling[a, b]) for a in p_sectors for b in q_sectors)
