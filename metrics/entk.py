@@ -33,6 +33,7 @@ Example — the kernel of a two-layer network is the sum of its layers' kernels:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -151,10 +152,87 @@ def _hadamard_sum(gx: dict, gy: dict, full: bool) -> Tensor:
     return total
 
 
-def _structured_kernel(f: Factors, full: bool) -> Tensor:
-    return _hadamard_sum(
-        _position_grams(f.X, "x"), _position_grams(f.Y, "full" if full else "mean"), full
-    )
+def _dense_kernel(fa: Factors, fb: Factors | None, full: bool) -> Tensor:
+    """Σ_{t,s} (Xa_t Xb_sᵀ) ∘ (Ya_t Yb_sᵀ), one position pair at a time; ``fb=None`` means
+    fb = fa, where the pairs t > s are the transposes of the pairs t < s."""
+    sym = fb is None
+    fb = fa if sym else fb
+    R = fa.Y.shape[2]
+    if not full:  # each position's (N, R·d) rows, copied once rather than once per pair
+        ya = [fa.Y[:, t].reshape(len(fa.Y), -1) for t in range(fa.Y.shape[1])]
+        yb = ya if sym else [fb.Y[:, s].reshape(len(fb.Y), -1) for s in range(fb.Y.shape[1])]
+    total = None
+    for t in range(fa.X.shape[1]):
+        for s in range(t, fb.X.shape[1]) if sym else range(fb.X.shape[1]):
+            gx = fa.X[:, t] @ fb.X[:, s].T
+            if full:
+                term = gx[:, :, None, None] * torch.einsum("nrd,msd->nmrs", fa.Y[:, t], fb.Y[:, s])
+            else:
+                term = gx * (ya[t] @ yb[s].T / R)
+            if sym and s != t:
+                term = term + (term.permute(1, 0, 3, 2) if full else term.T)
+            total = term if total is None else total + term
+    return total
+
+
+def _rows_by_id(ids: Tensor, V: int) -> list[Tensor]:
+    """For each id v < V, the flat (example·position) rows holding it."""
+    flat = ids.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=V).tolist()
+    return list(torch.split(order, counts))
+
+
+def _is_range(index: Tensor, n: int) -> bool:
+    return len(index) == n and bool((index == torch.arange(n, device=index.device)).all())
+
+
+def _onehot_kernel(fa: Factors, fb: Factors | None, full: bool) -> Tensor:
+    """The same sum for one-hot X (``ids`` set): only (x, t), (x', s) holding the same index
+    contribute, so each index v adds Ya[rows v] Yb[rows v]ᵀ at the rows' examples."""
+    sym = fb is None
+    fb = fa if sym else fb
+    (na, ta), (nb, tb) = fa.ids.shape, fb.ids.shape
+    R = fa.Y.shape[2]
+    V = int(max(fa.ids.max(), fb.ids.max())) + 1
+    ya, yb = fa.Y.reshape(na * ta, R, -1), fb.Y.reshape(nb * tb, R, -1)
+    device = fa.Y.device
+    ea = torch.arange(na, device=device).repeat_interleave(ta)
+    eb = torch.arange(nb, device=device).repeat_interleave(tb)
+    rows_a = _rows_by_id(fa.ids, V)
+    rows_b = rows_a if sym else _rows_by_id(fb.ids, V)
+    K = fa.Y.new_zeros((na, nb, R, R) if full else (na, nb))
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        if not len(ra) or not len(rb):
+            continue
+        if full:
+            block = torch.einsum("ird,jsd->ijrs", ya[ra], yb[rb])
+        else:
+            block = ya[ra].reshape(len(ra), -1) @ yb[rb].reshape(len(rb), -1).T / R
+        rows, cols = ea[ra], eb[rb]
+        if _is_range(rows, na) and _is_range(cols, nb):  # an index every example holds once
+            K += block
+        else:
+            K.index_put_((rows[:, None], cols[None, :]), block, accumulate=True)
+    return K
+
+
+def _structured_kernel(f: Factors, full: bool, other: Factors | None = None) -> Tensor:
+    """The kernel block between the inputs of ``f`` and those of ``other`` (default: ``f``'s
+    own, symmetric) of one structured parameter. One-hot factors take the index-matching path
+    when it multiplies fewer rows than the dense position pairs."""
+    if f.ids is not None and (other is None or other.ids is not None):
+        g = f if other is None else other
+        V = int(max(f.ids.max(), g.ids.max())) + 1
+        matched = (
+            torch.bincount(f.ids.reshape(-1), minlength=V).double()
+            @ torch.bincount(g.ids.reshape(-1), minlength=V).double()
+        ).item()
+        T, S = f.ids.shape[1], g.ids.shape[1]
+        pairs = T * (T + 1) / 2 if other is None else T * S
+        if matched < pairs * len(f.ids) * len(g.ids):
+            return _onehot_kernel(f, other, full)
+    return _dense_kernel(f, other, full)
 
 
 def _generic_kernel(model, inputs, readout, names, full, R, max_bytes) -> Tensor:
@@ -171,15 +249,16 @@ def _generic_kernel(model, inputs, readout, names, full, R, max_bytes) -> Tensor
         )
         for sj, Jj in chain([(si, Ji)], rest):
             ej = sj + len(Jj)
-            if full:
-                block = torch.einsum("nrp,msp->nmrs", Ji, Jj)
-                K[si:ei, sj:ej] = block
-                K[sj:ej, si:ei] = block.permute(1, 0, 3, 2)
-            else:
-                block = Ji.reshape(len(Ji), -1) @ Jj.reshape(len(Jj), -1).T / R
-                K[si:ei, sj:ej] = block
-                K[sj:ej, si:ei] = block.T
+            block = _jacobian_block(Ji, Jj, full)
+            K[si:ei, sj:ej] = block
+            K[sj:ej, si:ei] = block.permute(1, 0, 3, 2) if full else block.T
     return K
+
+
+def _jacobian_block(Ja: Tensor, Jb: Tensor, full: bool) -> Tensor:
+    if full:
+        return torch.einsum("nrp,msp->nmrs", Ja, Jb)
+    return Ja.reshape(len(Ja), -1) @ Jb.reshape(len(Jb), -1).T / Ja.shape[1]
 
 
 def _prepare(model: nn.Module, inputs: Tensor, output: Output):
@@ -193,6 +272,127 @@ def _prepare(model: nn.Module, inputs: Tensor, output: Output):
     return inputs, readout, full, readout(z).shape[1]
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device``: the CUDA allocator's free memory, else the host's
+    MemAvailable (Linux), else 8 GiB."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
+DEFAULT_MEMORY_FRACTION = 0.5  # the default budget: this share of the device's free memory
+
+
+@dataclass
+class _Tile:
+    """The inputs of one row or column tile and what its kernel blocks need."""
+
+    inputs: Tensor
+    factors: dict[str, Factors]
+    generic: list[str]
+    jacobians: dict[tuple[str, ...], Tensor]
+
+
+class _Plan:
+    """How ``entk`` forms one call's kernels: tile size, factor computation, block sums."""
+
+    def __init__(self, model, inputs, readout, names, full, R, chunk_size, max_jacobian_bytes):
+        self.model, self.readout, self.names = model, readout, names
+        self.full, self.R = full, R
+        self.chunk_size, self.max_jacobian_bytes = chunk_size, max_jacobian_bytes
+
+    def tile(self, inputs: Tensor) -> _Tile:
+        factors, generic = structured_factors(
+            self.model, inputs, self.readout, self.names, self.chunk_size, positional=True
+        )
+        return _Tile(inputs, factors, generic, {})
+
+    def bytes_per_example(self, x: Tensor) -> int:
+        """Bytes of factors and generic Jacobians per input, from one forward pass on ``x``
+        (one input): every ``nn.Linear`` / ``nn.Embedding`` call holds X (T·d_in, one-hot
+        width for an embedding) and Y (T·R·d_out) per input; every parameter outside those
+        modules is counted as generic (R·P per input)."""
+        calls = []
+        hooks = [
+            m.register_forward_hook(lambda mod, inp, out: calls.append((mod, inp[0], out)))
+            for m in self.model.modules()
+            if type(m) in (nn.Linear, nn.Embedding)
+        ]
+        try:
+            with torch.no_grad():
+                self.model(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        itemsize = next(self.model.parameters()).element_size()
+        size, owned = 0, set()
+        for module, inp, out in calls:
+            owned.update(id(p) for p in module.parameters())
+            width = module.num_embeddings if isinstance(module, nn.Embedding) else inp.shape[-1]
+            positions = out[..., 0].numel()
+            size += positions * (width + 1 + self.R * out.shape[-1]) * itemsize
+        params = dict(self.model.named_parameters())
+        P = sum(params[n].numel() for n in self.names if id(params[n]) not in owned)
+        return size + self.R * P * itemsize
+
+    def _jacobian(self, tile: _Tile, slow: list[str]) -> Tensor:
+        key = tuple(slow)
+        if key not in tile.jacobians:
+            parts = [
+                J
+                for _, J in generic_jacobians(
+                    self.model, tile.inputs, self.readout, slow, len(tile.inputs)
+                )
+            ]
+            tile.jacobians[key] = parts[0]
+        return tile.jacobians[key]
+
+    def block(self, members: list[str], a: _Tile, b: _Tile | None) -> Tensor:
+        """The kernel block of one group between tiles a and b (b=None: a with itself)."""
+        parts = [
+            _structured_kernel(a.factors[n], self.full, None if b is None else b.factors[n])
+            for n in members
+            if n in a.factors
+        ]
+        slow = [n for n in members if n in a.generic]
+        if slow and b is None:
+            parts.append(
+                _generic_kernel(
+                    self.model,
+                    a.inputs,
+                    self.readout,
+                    slow,
+                    self.full,
+                    self.R,
+                    self.max_jacobian_bytes,
+                )
+            )
+        elif slow:
+            parts.append(
+                _jacobian_block(self._jacobian(a, slow), self._jacobian(b, slow), self.full)
+            )
+        return sum(parts[1:], parts[0]).detach()
+
+
+def tile_size(
+    per_example: int, n_inputs: int, R: int, full: bool, itemsize: int, budget: int
+) -> int:
+    """The largest tile b ≤ N for which two tiles of factors (2·b·per_example bytes, doubled
+    for autograd's intermediates while they are formed) and six (b, b) blocks (position-pair
+    products, index tensors and their sum) fit into ``budget`` bytes; at least 1."""
+    block = 6 * itemsize * (R * R if full else 1)
+    linear = 4 * per_example
+    b = int((-linear + math.sqrt(linear**2 + 4 * block * max(budget, 0))) / (2 * block))
+    return max(1, min(n_inputs, b))
+
+
 def entk(
     model: nn.Module,
     inputs: Tensor,
@@ -202,6 +402,7 @@ def entk(
     groups: Mapping[str, Sequence[str]] | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     max_jacobian_bytes: int = DEFAULT_JACOBIAN_BYTES,
+    max_memory: int | None = None,
 ) -> Tensor | dict[str, Tensor]:
     """The empirical NTK of ``model`` on ``inputs`` (N, ...).
 
@@ -213,22 +414,53 @@ def entk(
             Only parameters in some group contribute.
         chunk_size: inputs per forward/backward pass on the structured path.
         max_jacobian_bytes: memory bound for a chunk of generic per-example Jacobians.
+        max_memory: bytes the computation may use besides its output (default: half the
+            device's free memory, :func:`free_memory`). When the whole computation does not
+            fit, the output is formed in row × column tiles (:func:`tile_size`): the factors
+            of one row tile are kept while those of each column tile are recomputed, so
+            nothing of size N × N exists but the output. Tiled and untiled kernels agree to
+            rounding (the sums run in another order), not bit for bit.
 
     Returns:
         Tensor (N, N), or (N, N, C, C) for ``output="full"`` (dtype of the model), or a dict
         of those when ``by_layer``.
     """
+    if max_memory is not None and (
+        not isinstance(max_memory, int) or isinstance(max_memory, bool) or max_memory <= 0
+    ):
+        raise ValueError(
+            f"max_memory must be a positive int (bytes), got max_memory={max_memory!r}"
+        )
     inputs, readout, full, R = _prepare(model, inputs, output)
     resolved = parameter_groups(model, groups)
     names = [n for members in resolved.values() for n in members]
-    factors, generic = structured_factors(model, inputs, readout, names, chunk_size)
-    kernels: dict[str, Tensor] = {}
-    for group, members in resolved.items():
-        parts = [_structured_kernel(factors[n], full) for n in members if n in factors]
-        slow = [n for n in members if n in generic]
-        if slow:
-            parts.append(_generic_kernel(model, inputs, readout, slow, full, R, max_jacobian_bytes))
-        kernels[group] = sum(parts[1:], parts[0]).detach()
+    plan = _Plan(model, inputs, readout, names, full, R, chunk_size, max_jacobian_bytes)
+    N = len(inputs)
+    budget = (
+        max_memory
+        if max_memory is not None
+        else int(DEFAULT_MEMORY_FRACTION * free_memory(inputs.device))
+    )
+    itemsize = next(model.parameters()).element_size()
+    b = tile_size(plan.bytes_per_example(inputs[:1]), N, R, full, itemsize, budget)
+    if b >= N:
+        whole = plan.tile(inputs)
+        kernels = {group: plan.block(members, whole, None) for group, members in resolved.items()}
+    else:
+        shape = (N, N, R, R) if full else (N, N)
+        dtype = next(model.parameters()).dtype
+        kernels = {group: inputs.new_zeros(shape, dtype=dtype) for group in resolved}
+        starts = list(range(0, N, b))
+        for i, a0 in enumerate(starts):
+            rows = plan.tile(inputs[a0 : a0 + b])
+            for b0 in starts[i:]:
+                cols = None if b0 == a0 else plan.tile(inputs[b0 : b0 + b])
+                for group, members in resolved.items():
+                    block = plan.block(members, rows, cols)
+                    kernels[group][a0 : a0 + b, b0 : b0 + b] = block
+                    if cols is not None:
+                        back = block.permute(1, 0, 3, 2) if full else block.T
+                        kernels[group][b0 : b0 + b, a0 : a0 + b] = back
     if by_layer:
         return kernels
     values = list(kernels.values())

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from metrics.entk import (
+    _dense_kernel,
+    _onehot_kernel,
     entk,
     entk_parameter_block,
     hidden_units,
@@ -15,6 +19,8 @@ from metrics.entk import (
     unit_kernels,
     unit_similarity,
 )
+from metrics.entk import tile_size as entk_tile_size
+from metrics.jacobians import Factors, structured_factors
 from testbeds.modadd.models import ModAddMLP, ModAddTransformer
 
 RTOL = 1e-6
@@ -278,3 +284,120 @@ def test_centred_unit_similarity_matches_bruteforce():
     expected = gram / gram.diagonal().sqrt()[:, None] / gram.diagonal().sqrt()[None, :]
     S = unit_similarity(model, x, hidden_units(model, "layer1", "layer2"), center=True)
     assert (S - expected).abs().max() <= 1e-10
+
+
+# --- tiles, one-hot factors and positional parameters ---------------------------------------
+
+
+class GatedPositions(nn.Module):
+    """A (T, d) parameter multiplied into the embedding output: not additive, so it must take
+    the generic path; ``pos`` is added and qualifies as a positional factor."""
+
+    def __init__(self, vocab=5, d=4, T=3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(torch.zeros(T + 1, d))  # one spare row, never used
+        self.gate = nn.Parameter(torch.ones(T, d))
+        self.out = nn.Linear(d, 3)
+
+    def forward(self, tokens):
+        T = tokens.shape[1]
+        h = (self.embed(tokens) + self.pos[:T]) * self.gate[:T]
+        return self.out(torch.tanh(h).sum(1))
+
+
+@pytest.mark.parametrize("tile", [1, 2, 3, 5])
+@pytest.mark.parametrize("output", ["trace", "full", "sum"])
+def test_tiled_kernels_equal_untiled(case, output, tile, monkeypatch):
+    _, model, x = case
+    reference = entk(model, x, output=output, by_layer=True)
+    engine = importlib.import_module("metrics.entk")  # the package re-exports entk()
+
+    monkeypatch.setattr(engine, "tile_size", lambda *args: tile)
+    tiled = entk(model, x, output=output, by_layer=True)
+    assert list(tiled) == list(reference)
+    for name in reference:
+        torch.testing.assert_close(tiled[name], reference[name], rtol=1e-10, atol=1e-10)
+
+
+def test_small_memory_budget_tiles_and_agrees(monkeypatch):
+    model = _randomise(ModAddTransformer(5, 8, 2, 12).double(), 6)
+    x = CASES["transformer"][1]
+    reference = entk(model, x, output="full")
+    engine = importlib.import_module("metrics.entk")  # the package re-exports entk()
+
+    sizes = []
+    real = engine.tile_size
+    monkeypatch.setattr(engine, "tile_size", lambda *a: sizes.append(real(*a)) or sizes[-1])
+    budgets = [2**k for k in range(12, 30)]
+    for budget in budgets:  # from one input per tile to the whole kernel at once
+        tiled = entk(model, x, output="full", max_memory=budget)
+        torch.testing.assert_close(tiled, reference, rtol=1e-10, atol=1e-10)
+    assert sizes[0] == 1 and sizes[-1] == len(x) and any(1 < b < len(x) for b in sizes)
+    assert sizes == sorted(sizes)
+
+
+def test_tile_size_is_the_largest_that_fits_the_budget():
+    for per_example, R, full, budget in [(1000, 7, False, 10**6), (50, 3, True, 123_457)]:
+        b = entk_tile_size(per_example, 10**6, R, full, 8, budget)
+        block = 6 * 8 * (R * R if full else 1)
+        assert 4 * b * per_example + block * b * b <= budget
+        assert 4 * (b + 1) * per_example + block * (b + 1) ** 2 > budget
+    assert entk_tile_size(10**9, 50, 3, False, 8, 10) == 1  # never below one input
+    assert entk_tile_size(1, 50, 3, False, 8, 10**12) == 50  # never above N
+    with pytest.raises(ValueError, match="max_memory must be a positive int"):
+        entk(*CASES["mlp_quadratic"], max_memory=0)
+
+
+def test_positional_parameter_is_structured_and_gated_one_is_generic():
+    model = _randomise(GatedPositions().double(), 7)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 5, (9, 3), generator=g)
+    x[:, 1] = x[:, 0]  # the same token twice in one example: index-matching must accumulate
+    names = [n for n, _ in model.named_parameters()]
+    factors, generic = structured_factors(model, x, lambda z: z, names, 4, positional=True)
+    assert "pos" in factors and factors["pos"].ids is not None
+    assert "gate" in generic and "gate" not in factors
+    J = brute_jacobians(model, x, lambda z: z)
+    layers = entk(model, x, output="full", by_layer=True)
+    for group, members in parameter_groups(model).items():
+        assert rel(layers[group], brute_kernel(J, members, "full")) <= RTOL, group
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_index_matching_equals_dense_position_pairs(full):
+    g = torch.Generator().manual_seed(11)
+    V, R, d = 4, 3, 5
+
+    def factor(n, T):
+        ids = torch.randint(0, V, (n, T), generator=g)
+        X = nn.functional.one_hot(ids, V).double()
+        return Factors(X, torch.randn(n, T, R, d, generator=g, dtype=torch.float64), False, ids)
+
+    a, b = factor(6, 4), factor(5, 4)
+    for other in (None, b):
+        torch.testing.assert_close(
+            _onehot_kernel(a, other, full), _dense_kernel(a, other, full), rtol=1e-12, atol=1e-12
+        )
+
+
+@pytest.mark.gpu
+def test_tiled_kernel_peak_memory_on_gpu_is_output_plus_budget():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from testbeds import modadd
+
+    config = modadd.preset("lin2025_transformer")
+    model = config.build_model()
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    model = model.cuda().eval()
+    x = modadd.probe_inputs(config).cuda()
+    reference = entk(model, x)
+    budget = 64 * 2**20
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    tiled = entk(model, x, max_memory=budget)
+    peak = torch.cuda.max_memory_allocated() - base
+    assert peak <= tiled.numel() * tiled.element_size() + budget
+    torch.testing.assert_close(tiled, reference, rtol=1e-4, atol=1e-5)
