@@ -17,7 +17,9 @@ Cache rules (DESIGN.md, "Testbed"):
 * a run that diverged (non-finite final weights or training loss, :func:`divergence`) raises
   :class:`DivergedRun` and is never cached.
 
-The cache lives in ``$NTKBENCH_CACHE`` (default ``~/.cache/ntkbench``).
+The cache lives in ``$NTKBENCH_CACHE`` (default ``~/.cache/ntkbench``). A run trained on another
+machine (a GPU) loads here when asked for by the device kind it was trained on
+(``trained_on=`` or ``$NTKBENCH_TRAINED_ON``, :func:`cached_run`); such a request never trains.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import torch
 from torch import nn
 
 CACHE_ENV = "NTKBENCH_CACHE"
+TRAINED_ON_ENV = "NTKBENCH_TRAINED_ON"  # the device kind of runs trained on another machine
 CACHE_FORMAT = 1
 PARTIAL_SAVE_SECONDS = 30.0
 
@@ -298,6 +301,77 @@ def divergence(payload: dict[str, Any]) -> str | None:
     return None
 
 
+class RunNotCached(LookupError):
+    """A run asked for by the device kind it was trained on elsewhere (``trained_on``) is not in
+    the cache; it is never trained in its place."""
+
+
+def stored_metas(namespace: str) -> list[dict[str, Any]]:
+    """The ``meta`` of every finished run cached under ``runs/<namespace>`` (unreadable files
+    are skipped). Tensors are memory-mapped, not read."""
+    metas = []
+    for path in sorted((cache_dir() / "runs" / namespace).glob("*.pt")):
+        if path.name.endswith(".partial.pt"):
+            continue
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            metas.append(dict(payload["meta"]))
+        except Exception:  # a file being written or damaged: it is not a run to list
+            continue
+    return metas
+
+
+def _not_cached(
+    namespace: str,
+    label: str,
+    config: Any,
+    seed: int,
+    kind: str,
+    chash: str,
+    library: dict[str, str],
+) -> RunNotCached:
+    """The one-line error for a ``trained_on`` run missing from the cache, listing the device
+    kinds cached for the same config and seed (and whether their code or versions differ)."""
+    found = set()
+    for meta in stored_metas(namespace):
+        if meta.get("seed") != seed or meta.get("config_hash") != config_hash(config):
+            continue
+        notes = []
+        if meta.get("code_hash") != chash:
+            notes.append("other code")
+        other = meta.get("versions", {})
+        notes.extend(f"{k} {other.get(k)}" for k in library if other.get(k) != library[k])
+        found.add(repr(meta.get("device", "cpu")) + (f" ({', '.join(notes)})" if notes else ""))
+    return RunNotCached(
+        f"no {namespace} run {label!r} seed {seed} trained on {kind!r} in {cache_dir()} "
+        f"(for this code and these library versions), and such a run is not trained here; "
+        f"device kinds cached for this config and seed: {', '.join(sorted(found)) or 'none'}"
+    )
+
+
+def _load_other_versions(
+    namespace: str, stage: str, config: Any, seed: int, kind: str, chash: str
+) -> dict[str, Any] | None:
+    """A run trained on device kind ``kind`` with this code, config and seed whose library
+    versions differ from this machine's (a GPU machine's torch build is not the CPU build):
+    it loads, since loading needs no training; the newest one when there are several. Its
+    ``meta`` keeps the versions and device it was trained with."""
+    matches = [
+        m
+        for m in stored_metas(namespace)
+        if m.get("device") == kind
+        and m.get("seed") == seed
+        and m.get("stage", "") == stage
+        and m.get("code_hash") == chash
+        and m.get("config_hash") == config_hash(config)
+    ]
+    for meta in sorted(matches, key=lambda m: m.get("created_at", ""), reverse=True):
+        payload = RunStore(cache_dir() / "runs" / namespace, meta["cache_key"]).load()
+        if payload is not None:
+            return payload
+    return None
+
+
 TrainFn = Callable[[Any, int, RunStore | None, torch.device], dict[str, Any]]
 
 
@@ -313,6 +387,7 @@ def cached_run(
     device: str | torch.device | None = None,
     cache: bool = True,
     force: bool = False,
+    trained_on: str | None = None,
 ) -> Run:
     """Load the run of ``(testbed, stage, config, seed, device kind)`` from the cache, or train
     and cache it.
@@ -323,6 +398,14 @@ def cached_run(
     key hashes the testbed, stage, config, seed, device kind, library versions and the source
     of ``modules`` and of every project module they import (:func:`testbeds.sources.source_hash`).
     ``force=True`` retrains and overwrites; ``cache=False`` trains without touching disk.
+
+    ``trained_on`` (default ``$NTKBENCH_TRAINED_ON``) names the device kind of a run trained on
+    another machine and copied here (``"cuda:NVIDIA H200"``, see :attr:`Run.device`): the key
+    is computed with that kind and the run loads with its checkpoints on the CPU. A run with the
+    same code, config, seed and device kind but other library versions (the GPU machine's torch
+    build) loads too; its ``meta`` says which versions trained it. When ``trained_on`` differs
+    from this machine's kind the run is only loaded, never trained: a missing run raises
+    :class:`RunNotCached`, listing the device kinds cached for the config and seed.
     """
     from testbeds.loop import device_kind, resolve_device
     from testbeds.sources import source_hash
@@ -330,7 +413,22 @@ def cached_run(
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got seed={seed!r}")
     where = resolve_device(device)
+    if trained_on is None:
+        trained_on = os.environ.get(TRAINED_ON_ENV, "").strip() or None
+    if trained_on is not None and (not isinstance(trained_on, str) or not trained_on.strip()):
+        raise ValueError(
+            f"trained_on must be a device kind such as 'cpu' or 'cuda:<GPU name>', "
+            f"got trained_on={trained_on!r}"
+        )
     kind = device_kind(where)
+    load_only = trained_on is not None and trained_on != kind
+    if load_only:
+        if not cache or force:
+            raise ValueError(
+                f"trained_on={trained_on!r} loads a run trained on another device and never "
+                f"trains; it cannot be combined with cache={cache} or force={force}"
+            )
+        kind = trained_on
     cfg = config_dict(config)
     chash = source_hash(*modules)
     library = versions()
@@ -364,7 +462,7 @@ def cached_run(
             seed=seed,
             checkpoints=dict(sorted(checkpoints.items())),
             log=pd.DataFrame(payload["log"]),
-            meta={**payload["meta"], "cache_key": key},
+            meta={"cache_key": key, **payload["meta"]},
             from_cache=from_cache,
             stage=stage,
             preset=preset or f"custom-{config_hash(config)}",
@@ -400,6 +498,12 @@ def cached_run(
         payload = None if force else store.load()
         if payload is not None:
             return build(payload, from_cache=True)
+        if load_only:
+            payload = _load_other_versions(namespace, stage, config, seed, kind, chash)
+            if payload is not None:
+                return build(payload, from_cache=True)
+            label = preset or f"custom-{config_hash(config)}"
+            raise _not_cached(namespace, label, config, seed, kind, chash, library)
         if force:
             store.drop_partial()
         payload = train_payload(store)

@@ -3,11 +3,16 @@
 Train (or load from the cache) one preset from the shell::
 
     python -m testbeds modadd lin2025_mlp --seed 0
+
+``nanda2023`` (p = 113, 40 000 full-batch epochs) is meant for a GPU (``NTKBENCH_DEVICE=cuda``):
+on the CPU it trains only when allowed explicitly (:data:`SLOW_CPU_ENV`, ``allow_slow_cpu``).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,15 +21,55 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from testbeds.loop import TrainLoop
+from testbeds.loop import DEVICE_ENV, TrainLoop
 from testbeds.loop import generator as derived_generator
-from testbeds.modadd.config import Config, resolve_config
+from testbeds.modadd.config import PRESETS, Config, resolve_config
 from testbeds.modadd.ground_truth import GENERALISING_IPR, neuron_frequencies
 from testbeds.modadd.models import ModAddMLP
 from testbeds.runs import Run, RunStore, cached_run
 
 TESTBED = "modadd"
 MODULES = ("testbeds.modadd",)  # the run key hashes this package and what it imports
+
+# A config is slow on the CPU when it is a transformer with p ≥ SLOW_CPU_MIN_P: nanda2023 (p = 113,
+# 40 000 full-batch epochs) took about NANDA2023_CPU_MINUTES on a 2-core CPU, while every preset
+# at p = 29 trains in minutes. Training such a config on the CPU needs SLOW_CPU_ENV=1 or
+# ``allow_slow_cpu=True``; a cached run loads without either.
+SLOW_CPU_MIN_P = 113
+NANDA2023_CPU_MINUTES = 43.0  # measured: nanda2023 seed 0 on the project's 2-core CPU
+SLOW_CPU_ENV = "NTKBENCH_ALLOW_SLOW_CPU"
+
+
+class SlowOnCPU(RuntimeError):
+    """Training a config that is slow on the CPU (:data:`SLOW_CPU_MIN_P`) was not allowed."""
+
+
+def cpu_minutes(config: Config) -> float:
+    """Estimated CPU training time in minutes: nanda2023's measured time scaled by the number of
+    training examples processed (epochs × training pairs) and by d_model · d_mlp."""
+    ref = PRESETS["nanda2023"]
+    work = config.epochs * config.n_train * config.d_model * config.d_mlp
+    ref_work = ref.epochs * ref.n_train * ref.d_model * ref.d_mlp
+    return NANDA2023_CPU_MINUTES * work / ref_work
+
+
+def slow_on_cpu(config: Config) -> bool:
+    """Whether ``config`` trains too slowly for the CPU by default (the rule of
+    :data:`SLOW_CPU_MIN_P`)."""
+    return config.arch == "transformer" and config.p >= SLOW_CPU_MIN_P
+
+
+def _check_cpu_time(config: Config, name: str, device: torch.device, allow: bool) -> None:
+    """Raise :class:`SlowOnCPU` before a slow config trains on the CPU without permission."""
+    if device.type != "cpu" or not slow_on_cpu(config):
+        return
+    if allow or os.environ.get(SLOW_CPU_ENV, "").strip() == "1":
+        return
+    raise SlowOnCPU(
+        f"{TESTBED} preset {name!r} (transformer, p={config.p}, {config.epochs} epochs) would "
+        f"train on the CPU for about {cpu_minutes(config):.0f} minutes; run it on a GPU "
+        f"({DEVICE_ENV}=cuda) or allow the CPU run ({SLOW_CPU_ENV}=1 or allow_slow_cpu=True)"
+    )
 
 
 def pairs(p: int) -> tuple[Tensor, Tensor]:
@@ -218,7 +263,16 @@ def _evaluate(
     return row
 
 
-def _train(config: Config, seed: int, store: RunStore | None, device: torch.device) -> dict:
+def _train(
+    config: Config,
+    seed: int,
+    store: RunStore | None,
+    device: torch.device,
+    *,
+    name: str = "",
+    allow_slow_cpu: bool = False,
+) -> dict:
+    _check_cpu_time(config, name, device, allow_slow_cpu)  # runs on a cache miss only
     x, y = probe_inputs(config).to(device), corrupted_labels(config, seed)[0].to(device)
     train_idx, _ = split(config, seed)
     groups = {
@@ -274,15 +328,32 @@ def train(
     device: str | torch.device | None = None,
     cache: bool = True,
     force: bool = False,
+    trained_on: str | None = None,
+    allow_slow_cpu: bool = False,
 ) -> Run:
     """Train ``config`` (a Config or a preset name) from ``seed`` (or load it from the run
     cache) and return the Run.
 
     Deterministic for a given (config, seed, device kind, library versions): the split, the
     initialisation and the minibatch order all come from the seed. ``device`` defaults to
-    ``$NTKBENCH_DEVICE`` (``cpu``).
+    ``$NTKBENCH_DEVICE`` (``cpu``). ``trained_on`` (default ``$NTKBENCH_TRAINED_ON``) loads a
+    run trained on another device kind and copied here, never training it
+    (:func:`testbeds.runs.cached_run`). A config that is slow on the CPU (:func:`slow_on_cpu`,
+    e.g. ``nanda2023``) raises :class:`SlowOnCPU` instead of training on the CPU unless
+    ``allow_slow_cpu=True`` or ``$NTKBENCH_ALLOW_SLOW_CPU=1``; loading it from the cache needs
+    neither.
     """
     config, name = resolve_config(config)
+    train_fn = functools.partial(_train, name=name, allow_slow_cpu=allow_slow_cpu)
     return cached_run(
-        TESTBED, config, seed, _train, MODULES, preset=name, device=device, cache=cache, force=force
+        TESTBED,
+        config,
+        seed,
+        train_fn,
+        MODULES,
+        preset=name,
+        device=device,
+        cache=cache,
+        force=force,
+        trained_on=trained_on,
     )
