@@ -12,7 +12,9 @@ from testbeds.modadd.ground_truth import (
     FAMILIES,
     GENERALISING_IPR,
     KEY_FREQUENCY_FACTOR,
+    RESTRICTED_LOSS_END_FRACTION,
     NeuronFrequencies,
+    circuit_formation_phase,
     circuit_norm,
     embedding_frequency_power,
     fourier_families,
@@ -24,13 +26,18 @@ from testbeds.modadd.ground_truth import (
     memorisation_solution,
     mlp_neuron_mask,
     neuron_frequencies,
+    progress_curve,
+    progress_measures,
     restrict_to_frequencies,
+    sum_frequency_split,
 )
 from testbeds.modadd.hand_built import fourier_transformer
 from testbeds.modadd.models import ModAddMLP, ModAddTransformer
 from testbeds.modadd.spec import testbed  # noqa: E402  (the contract object)
 from testbeds.modadd.train import (
+    SLOW_CPU_MIN_P,
     TESTBED,
+    SlowOnCPU,
     continue_training,
     corrupted_labels,
     corruption_ground_truth,
@@ -63,6 +70,8 @@ __all__ = [
     "TESTBED",
     "train",
     "continue_training",
+    "SlowOnCPU",
+    "SLOW_CPU_MIN_P",
     # ground truth
     "FAMILIES",
     "fourier_family",
@@ -83,4 +92,10 @@ __all__ = [
     "GENERALISING_IPR",
     "KEY_FREQUENCY_FACTOR",
     "CLEAR_CONCENTRATION",
+    # progress measures (Nanda et al. 2023)
+    "sum_frequency_split",
+    "progress_measures",
+    "progress_curve",
+    "circuit_formation_phase",
+    "RESTRICTED_LOSS_END_FRACTION",
 ]

@@ -14,14 +14,21 @@ Everything is indexed over all p² inputs in canonical order (i = a·p + b) and 
   positive whose circuits are known without training.
 * :func:`memorisation_solution` — Gromov's circuit plus one hand-built memorising neuron pair
   per corrupted training label, the planted positive of the corrupted-label claims.
+* Progress measures of Nanda et al. (2023) for the transformer: restricted and excluded loss
+  (:func:`progress_measures`) along a run (:func:`progress_curve`), and the circuit-formation
+  phase they delimit (:func:`circuit_formation_phase`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from testbeds.modadd.config import Config
@@ -40,6 +47,12 @@ CLEAR_CONCENTRATION = 0.5
 # frequencies; below that it is "memorising" (Doshi et al. 2023). Fixed before any corrupted-label
 # run was trained.
 GENERALISING_IPR = 0.5
+# Circuit formation ends at the first checkpoint whose restricted loss is below this fraction of
+# its value at the first checkpoint; it starts at the checkpoint, up to that end, where the
+# excluded loss is lowest (where it starts rising). Nanda et al. (2023) read both phase
+# boundaries off the curves by eye; these are the fixed rules used here instead.
+RESTRICTED_LOSS_END_FRACTION = 0.1
+PROGRESS_COLUMNS = ("train_loss", "test_loss", "restricted_loss", "excluded_loss")
 
 
 def n_frequencies(p: int) -> int:
@@ -315,3 +328,144 @@ def memorisation_solution(
         model.layer1.weight.copy_(w1)
         model.layer2.weight.copy_(w2)
     return model
+
+
+def _key_list(key: Sequence[int] | Tensor, p: int) -> list[int]:
+    frequencies = [int(k) for k in key]
+    if len(set(frequencies)) != len(frequencies):
+        raise ValueError(f"key must be distinct frequencies, got key={frequencies}")
+    if any(not 1 <= k <= n_frequencies(p) for k in frequencies):
+        raise ValueError(
+            f"key frequencies must lie in 1 … (p − 1)/2 = {n_frequencies(p)}, got key={frequencies}"
+        )
+    return frequencies
+
+
+def sum_frequency_split(logits: Tensor, key: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
+    r"""Restricted and excluded logits: the parts of ``logits`` along and off the key
+    frequencies of a + b, over the input axis.
+
+    ``logits`` (p², C) over all pairs in canonical order. With F the (p², 2|K|) columns
+    cos(ω_k(a + b)), sin(ω_k(a + b)) for k ∈ ``key`` (ω_k = 2πk/p) and P the orthogonal
+    projection onto span{1, F}, each output column z gives
+
+    .. math::  z_{\text{restricted}} = P z, \qquad
+               z_{\text{excluded}} = z - F (F^\top F)^{-1} F^\top z,
+
+    so the excluded logits keep the constant (mean) along with every other direction. The
+    columns of F are orthogonal with squared norm p²/2 over the full grid. Both (p², C) float64.
+    An empty ``key`` (a network without key frequencies) restricts to the mean and excludes
+    nothing.
+    """
+    n = logits.shape[0]
+    p = math.isqrt(n)
+    if p * p != n:
+        raise ValueError(f"logits must have p² rows (all pairs), got {n} rows")
+    features = restrict_to_frequencies(fourier_family(p, "sum"), _key_list(key, p))  # (p², 2|K|)
+    z = logits.double()
+    along = features @ (features.T @ z) * (2.0 / n)  # (p², C) the key-frequency part
+    mean = z.mean(0, keepdim=True)  # (1, C)
+    return mean + along, z - along
+
+
+@torch.no_grad()
+def progress_measures(
+    model: nn.Module, config: Config, seed: int, key: Sequence[int] | Tensor | None = None
+) -> dict[str, Any]:
+    """Nanda et al. (2023)'s progress measures of a modular-addition transformer at one
+    checkpoint, in float64 cross-entropy over all p² pairs in canonical order.
+
+    * ``train_loss`` — the loss on the run's training split (the labels it was trained on),
+      ``test_loss`` on its test split (:func:`~testbeds.modadd.evaluation_groups`);
+    * ``restricted_loss`` — the loss of the restricted logits (:func:`sum_frequency_split`:
+      only the constant and cos/sin(ω_k(a + b)) at the key frequencies kept over the input
+      axis) on the **test** split: how well the Fourier circuit alone generalises;
+    * ``excluded_loss`` — the loss of the excluded logits (those directions removed) on the
+      **training** split: how well the network fits its training data without the circuit.
+
+    The splits follow the paper's code (restricted loss on the test pairs, excluded loss on the
+    training pairs). The paper projects the MLP neuron activations before the unembedding; here
+    the projection is applied to the logits, which differs only by the key-frequency part of the
+    attention's direct path to the logits. ``key=None`` uses the model's own
+    :func:`key_frequencies`; ``key_frequencies`` in the result is the tuple used.
+    """
+    from testbeds.modadd.train import evaluation_groups, probe_inputs  # train imports this module
+
+    if not isinstance(model, ModAddTransformer) or config.arch != "transformer":
+        raise ValueError(
+            f"progress measures are defined for the transformer, got model "
+            f"{type(model).__name__} and arch={config.arch!r}"
+        )
+    if model.p != config.p:
+        raise ValueError(f"model.p={model.p} does not match config.p={config.p}")
+    frequencies = tuple(_key_list(key_frequencies(model) if key is None else key, config.p))
+    device = next(model.parameters()).device
+    logits = model(probe_inputs(config).to(device)).double().cpu()  # (p², p)
+    restricted, excluded = sum_frequency_split(logits, frequencies)
+    groups = evaluation_groups(config, seed)
+
+    def loss(z: Tensor, group: str) -> float:
+        ids, y = groups[group]
+        return F.cross_entropy(z[ids], y[ids]).item()
+
+    return {
+        "train_loss": loss(logits, "train"),
+        "test_loss": loss(logits, "test"),
+        "restricted_loss": loss(restricted, "test"),
+        "excluded_loss": loss(excluded, "train"),
+        "key_frequencies": frequencies,
+    }
+
+
+def progress_curve(run: Any, key: Sequence[int] | Tensor | None = None) -> pd.DataFrame:
+    """:func:`progress_measures` at every checkpoint of a transformer run: one row per
+    checkpoint with columns ``epoch``, then ``PROGRESS_COLUMNS``.
+
+    The key frequencies are the same at every checkpoint: ``key``, or by default those of the
+    run's **final** checkpoint (as in Nanda et al. 2023); they are in
+    ``curve.attrs["key_frequencies"]``.
+    """
+    if key is None:
+        key = key_frequencies(run.final_model())
+    frequencies = tuple(_key_list(key, run.config.p))
+    rows = []
+    for step in run.steps:
+        measures = progress_measures(run.model_at(step), run.config, run.seed, frequencies)
+        rows.append({"epoch": step, **{name: measures[name] for name in PROGRESS_COLUMNS}})
+    curve = pd.DataFrame(rows, columns=["epoch", *PROGRESS_COLUMNS])
+    curve.attrs["key_frequencies"] = frequencies
+    return curve
+
+
+def circuit_formation_phase(curve: pd.DataFrame) -> tuple[int, int]:
+    """(start epoch, end epoch) of the circuit-formation phase of a :func:`progress_curve`.
+
+    * end — the first epoch at which ``restricted_loss`` is below
+      ``RESTRICTED_LOSS_END_FRACTION`` (10%) of its value at the first checkpoint;
+    * start — the epoch, among checkpoints up to the end, at which ``excluded_loss`` is lowest:
+      where it starts rising as the Fourier circuit takes over the training fit.
+
+    Raises ``ValueError`` when a column is missing, or when the restricted loss never falls
+    below the end threshold (circuit formation has not ended within the curve).
+    """
+    missing = [c for c in ("epoch", "restricted_loss", "excluded_loss") if c not in curve]
+    if missing or curve.empty:
+        raise ValueError(
+            f"curve must have rows and the columns epoch, restricted_loss, excluded_loss; "
+            f"missing {missing or 'rows'}"
+        )
+    curve = curve.sort_values("epoch")
+    epochs = curve["epoch"].to_numpy()
+    restricted = curve["restricted_loss"].to_numpy()
+    threshold = RESTRICTED_LOSS_END_FRACTION * restricted[0]
+    below = (restricted < threshold).nonzero()[0]
+    if not len(below):
+        raise ValueError(
+            f"restricted_loss never falls below {RESTRICTED_LOSS_END_FRACTION:.0%} of its value "
+            f"at the first checkpoint (epoch {epochs[0]}: {restricted[0]:.4g}, threshold "
+            f"{threshold:.4g}; lowest {restricted.min():.4g}), so circuit formation has no end "
+            f"within epochs {epochs[0]}–{epochs[-1]}"
+        )
+    end = int(below[0])
+    start = int(curve["excluded_loss"].to_numpy()[: end + 1].argmin())
+    return int(epochs[start]), int(epochs[end])
