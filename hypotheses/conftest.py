@@ -33,6 +33,7 @@ from leaderboard.records import (
     records_path,
     results_dir,
 )
+from testbeds.loop import device_kind, resolve_device
 from testbeds.runs import config_hash, git_sha, versions
 from testbeds.sources import source_hash
 
@@ -77,6 +78,9 @@ class Recorder:
     ``record(kind="diagnostic", role="diagnostic", ...)`` without ``threshold`` and
     ``comparison`` records a value that has no criterion of its own.
 
+    Every record's ``extra`` holds ``device``, the device kind the check computed on
+    (``$NTKBENCH_DEVICE``; ``"cpu"`` or ``"cuda:<GPU name>"``).
+
     ``source`` is the file of the claim module that asks (the ``record`` fixture passes the
     requesting test's file): every record names it and carries its ``code_hash``, the source
     hash of that module and every project module it imports.
@@ -102,9 +106,12 @@ class Recorder:
             )
         else:
             criterion = dict(threshold=threshold, comparison=comparison, passed=None)
+        # where the statistic was computed (``$NTKBENCH_DEVICE``), unless the check says
+        extra = {"device": device_kind(resolve_device()), **(fields.pop("extra", None) or {})}
         rec = Record(
             value=value,
             kind=kind,
+            extra=extra,
             **criterion,
             config_hash=config_hash(config),
             git_sha=git_sha(),
