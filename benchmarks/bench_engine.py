@@ -3,7 +3,8 @@ itself, side by side in one run.
 
     python benchmarks/bench_engine.py                       # the CPU table (about 10 minutes)
     python benchmarks/bench_engine.py --baseline 7b87ed9     # also the engine at that revision
-    python benchmarks/bench_engine.py --device cuda --p113-sizes 128 1024 4096 12769
+    python benchmarks/bench_engine.py --device cuda --p113-sizes 128 1024 4096 12769 \
+        --max-memory 3000000000                              # the H200 rows, tiled to 3 GB
 
 Rows (networks at initialisation, seed 0; every row in its own subprocess so that its peak
 memory is its own):
@@ -104,10 +105,18 @@ def seed_paper_route(model, x) -> torch.Tensor:
     return torch.einsum("nmcc->nm", full) / full.shape[-1]
 
 
-def _engine(by_layer: bool):
-    from metrics.entk import entk
+MAX_MEMORY: int | None = None  # the engine's budget (``--max-memory``); None: its default
 
-    return lambda model, x: entk(model, x, output="trace", by_layer=by_layer)
+
+def _engine(by_layer: bool):
+    def run(model, x):
+        from metrics.entk import entk
+
+        if MAX_MEMORY is None:  # an earlier revision may not know the argument
+            return entk(model, x, output="trace", by_layer=by_layer)
+        return entk(model, x, output="trace", by_layer=by_layer, max_memory=MAX_MEMORY)
+
+    return run
 
 
 ROUTES = {
@@ -134,6 +143,8 @@ def _peak_extra(device: str, start: int) -> int:
 
 
 def _measure(args) -> None:
+    global MAX_MEMORY
+    MAX_MEMORY = args.max_memory
     torch.set_num_threads(args.threads)
     model, x = _network(args.preset, args.device)
     x = x[: args.n]
@@ -166,6 +177,8 @@ def _run(route, preset, n, repeats, args, tmp: Path, pythonpath: str | None = No
     cmd = [sys.executable, __file__, "--inner", route, "--preset", preset, "--n", str(n)]
     cmd += ["--repeats", str(repeats), "--out", str(out), "--device", args.device]
     cmd += ["--threads", str(args.threads)]
+    if args.max_memory is not None and pythonpath is None:
+        cmd += ["--max-memory", str(args.max_memory)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{route} {preset} N={n} failed:\n{proc.stderr[-3000:]}")
@@ -198,6 +211,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-memory", type=int, help="the engine's max_memory (bytes)")
     parser.add_argument("--baseline", help="git revision whose metrics/ to time as well")
     parser.add_argument("--p113-sizes", type=int, nargs="*", default=[128, 1024])
     parser.add_argument("--reference-sizes", type=int, nargs="*", default=[16, 32])
@@ -239,6 +253,9 @@ def main() -> None:
             row("Jacobian contraction (per layer)", "jacobian", preset, 841, 1, engine)
         for n in sorted(set(args.p113_sizes) | set(args.reference_sizes)):
             engine = row("engine, trace", "engine", "nanda2023", n, args.repeats)
+            if base:
+                row(f"engine at {args.baseline}, trace", "engine", "nanda2023", n, args.repeats,
+                    engine, pythonpath=base)  # fmt: skip
             if n in args.reference_sizes:
                 row("seed paper (N×N×C×C einsum)", "seed_paper", "nanda2023", n, 1, engine)
     out = ROOT / "results" / "bench_engine.json"
