@@ -38,15 +38,9 @@ import time
 from pathlib import Path
 
 import torch
+from bench_entk import _rss_kib  # VmRSS / VmHWM of this process, KiB
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _network(preset: str, device: str):

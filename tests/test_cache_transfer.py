@@ -4,7 +4,9 @@ never trains on the CPU unless asked to."""
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
+import sys
 
 import pytest
 import torch
@@ -12,22 +14,13 @@ import torch
 from testbeds import loop, modadd, runs
 from testbeds.modadd import Config
 
+sys.path.insert(0, os.path.dirname(__file__))
+from test_modadd import TINY_TF  # noqa: E402
+
 train_module = importlib.import_module("testbeds.modadd.train")
 
 FAKE_GPU = "cuda:Fake GPU"
 TINY = Config(arch="mlp", p=5, width=16, epochs=5, lr=0.05, checkpoints=(0, 2, 5))
-TINY_TF = Config(
-    arch="transformer",
-    p=5,
-    d_model=8,
-    n_heads=2,
-    d_mlp=16,
-    loss="cross_entropy",
-    train_fraction=0.6,
-    lr=1e-2,
-    batch_size=4,
-    epochs=3,
-)
 
 
 @pytest.fixture(autouse=True)

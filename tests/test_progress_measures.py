@@ -4,6 +4,8 @@ hand-built transformer, and the circuit-formation phase they delimit."""
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import pandas as pd
 import pytest
@@ -12,24 +14,15 @@ import torch
 from testbeds import modadd
 from testbeds.modadd import Config
 
+sys.path.insert(0, os.path.dirname(__file__))
+from test_modadd import TINY_TF  # noqa: E402
+
 CASES = [
     {"p": 7, "key": (1,), "classes": 7, "seed": 0},
     {"p": 11, "key": (2, 5, 3), "classes": 11, "seed": 1},
     {"p": 13, "key": (6, 1), "classes": 4, "seed": 2},
     {"p": 5, "key": (), "classes": 5, "seed": 3},
 ]
-TINY_TF = Config(
-    arch="transformer",
-    p=5,
-    d_model=8,
-    n_heads=2,
-    d_mlp=16,
-    loss="cross_entropy",
-    train_fraction=0.6,
-    lr=1e-2,
-    batch_size=4,
-    epochs=3,
-)
 
 
 def reference_split(logits: torch.Tensor, p: int, key) -> tuple[torch.Tensor, torch.Tensor]:
