@@ -1,7 +1,7 @@
-"""The large tier (``hypotheses/test_large_p113.py``): H1d's gate at p = 113 (its own statistic
-on the hand-built transformer in ``nanda2023``'s architecture, and on the same architecture at
-initialisation), the registered instrument details, and the one-line skip where no p = 113 run
-can be had."""
+"""The large tier (``hypotheses/test_large_p113.py``): the gates of H1d and H1c′ at p = 113 (their
+own statistics on the hand-built transformer in ``nanda2023``'s architecture, and on the same
+architecture at initialisation), the registered instrument details, and the one-line skip
+where no p = 113 run can be had."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hypotheses import test_large_p113 as large
+from hypotheses.test_h1_fourier_circuits import h1c_ari
 from testbeds import modadd, runs
 
 HAND_BUILT_KEY = (14, 35)  # |K| ≤ 2 fits d_mlp = 512 at p = 113 (hand_built.py's sizes)
@@ -33,6 +34,32 @@ def test_h1d_at_p113_fails_at_initialisation(config):
     model = config.build_model()
     model.reset_parameters(torch.Generator().manual_seed(0))
     assert large.h1d_value(model, torch.tensor(HAND_BUILT_KEY)) < large.H1D_MIN
+
+
+@pytest.fixture(scope="module")
+def hand_built_neurons(config):
+    """The hand-built transformer, its neurons' frequencies and the scored (clear, key) ones."""
+    model = modadd.fourier_transformer(config, key=HAND_BUILT_KEY)
+    truth = modadd.neuron_frequencies(model)
+    scored = truth.clear & torch.isin(truth.dominant, modadd.key_frequencies(model))
+    return model, truth, scored
+
+
+@pytest.mark.gate("H1c′@113", "positive")
+def test_h1c_prime_at_p113_passes_on_the_hand_built_transformer(hand_built_neurons):
+    model, truth, scored = hand_built_neurons
+    labels, _ = large.h1c_labels(model)
+    assert scored.sum() >= 2 * len(HAND_BUILT_KEY)
+    assert h1c_ari(labels, truth, scored) >= large.H1C_ARI_MIN
+
+
+@pytest.mark.gate("H1c′@113", "control")
+def test_h1c_prime_at_p113_fails_at_initialisation(config, hand_built_neurons):
+    _, truth, scored = hand_built_neurons
+    model = config.build_model()
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    labels, _ = large.h1c_labels(model)
+    assert h1c_ari(labels, truth, scored) <= large.H1C_CONTROL_ARI_MAX < large.H1C_ARI_MIN
 
 
 def test_h5_checkpoints_are_dense_through_circuit_formation(config):
