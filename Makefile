@@ -1,13 +1,19 @@
-# `make run`  : evaluate every claim in hypotheses/, then the leaderboard and the report
+# `make run`  : compute every run, trajectory, claim check and leaderboard score as a job graph
+#               (`ntkbench run`, into the caches), then judge the claims (`pytest hypotheses/`,
+#               replaying the stored checks), write the leaderboard and the report
 #               (results/records.jsonl, claims.md, leaderboard.{csv,md}, report.html; W&B offline),
 #               then regenerate the results tables in README.md and docs/ (`ntkbench report`)
 #               `make run TIER=large`: the p = 113 claims alone (a GPU, or runs copied from one)
+#               `make run EXECUTOR=slurm`: the graph as SLURM job arrays; `JOBS=N`: local workers
 # `make test` : the test suite (unit tests, controls, small end-to-end runs)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TIER ?= default
+EXECUTOR ?= local
+JOBS ?=
+GRAPH = $(BIN)/ntkbench run --tier $(TIER) --executor $(EXECUTOR) $(if $(JOBS),--jobs $(JOBS))
 
 .PHONY: run test lint bench clean
 
@@ -19,13 +25,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: $(STAMP)
 ifeq ($(TIER),default)
-	$(BIN)/python -m pytest hypotheses/ -m "not large" -n 2 --dist loadgroup -p no:cacheprovider -rA; \
+	$(GRAPH); graph=$$?; \
+	$(BIN)/python -m pytest hypotheses/ -m "not large" -p no:cacheprovider -rA; \
 	claims=$$?; $(BIN)/ntkbench leaderboard; board=$$?; \
 	$(BIN)/ntkbench report; tables=$$?; \
-	worst=$$(( claims > board ? claims : board )); exit $$(( worst > tables ? worst : tables ))
+	worst=$$(( claims > board ? claims : board )); worst=$$(( worst > tables ? worst : tables )); \
+	exit $$(( worst > graph ? worst : graph ))
 else ifeq ($(TIER),large)
+	$(GRAPH); graph=$$?; \
 	$(BIN)/python -m pytest hypotheses/ -m large -p no:cacheprovider -rA; \
-	claims=$$?; $(BIN)/ntkbench report; tables=$$?; exit $$(( claims > tables ? claims : tables ))
+	claims=$$?; $(BIN)/ntkbench report; tables=$$?; \
+	worst=$$(( claims > tables ? claims : tables )); exit $$(( worst > graph ? worst : graph ))
 else
 	@echo "TIER must be one of: default, large (got TIER=$(TIER))"; exit 2
 endif

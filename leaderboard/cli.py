@@ -6,6 +6,9 @@
                          [--force] [--timeout S] [--no-plots] [--quiet]
     ntkbench report [--check [--strict]] [--records FILE] [--root DIR] [FILE …]
     ntkbench list [--plugin FILE]
+    ntkbench run [--tier default|large] [--executor local|slurm] [--jobs N] [--claims FILE …]
+                 [--select EXPR] [--no-leaderboard] [--slurm-config FILE] [--partition P]
+                 [--time-min M] [--cpus-per-task C] [--gpus G] [--wandb MODE] [--dry-run]
 
 ``--device`` sets ``NTKBENCH_DEVICE`` (where training, kernels, claims and tasks run) for the
 command; without it the environment decides.
@@ -23,6 +26,14 @@ applicable, 1 when any failed, 2 for bad arguments or a folder that cannot be wr
 set by W&B. When stderr is not a terminal, one line per finished evaluation replaces the
 progress bar.
 
+``run`` computes everything a tier needs as a graph of jobs (:mod:`leaderboard.graph`:
+training runs, shared trajectories, claim modules, leaderboard tasks), each result in its cache,
+on a local process pool (``--jobs``, default one per core) or a SLURM cluster
+(``--executor slurm``, through submitit; the cache must be on a shared filesystem). It prints one
+line per finished job (a bar on a terminal), logs one W&B group with one run per job kind, and
+exits 1 when a job failed. ``pytest hypotheses/`` and ``ntkbench leaderboard`` then only read
+and judge.
+
 ``report`` regenerates the results tables in ``README.md`` and ``docs/`` from the records
 (:mod:`leaderboard.generate`); ``report --check`` exits 1, naming the files, blocks and claims,
 when a committed table was made from records whose code has changed since.
@@ -37,6 +48,7 @@ import os
 import re
 import sys
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
@@ -61,7 +73,7 @@ from leaderboard.records import (
 )
 from leaderboard.runner import BUILTIN_TIMEOUT, _cached, cache_key, evaluate
 from leaderboard.table import aggregate, leaderboard_display, leaderboard_frame
-from leaderboard.wandb_log import MODES, log_run
+from leaderboard.wandb_log import MODES, log_graph, log_run
 from testbeds.runs import git_sha
 
 BASELINES = ("random", "activation_pca")  # always run, so every table has its reference rows
@@ -542,7 +554,140 @@ def parser() -> argparse.ArgumentParser:
     )
     tables.add_argument("--records", help="records file (default results/records.jsonl)")
     tables.add_argument("--root", default=".", help="repository root (default .)")
+    run = sub.add_parser(
+        "run",
+        help="compute a tier's runs, trajectories, claims and leaderboard scores as a job graph",
+    )
+    run.add_argument(
+        "--tier",
+        choices=("default", "large"),
+        default="default",
+        help="default: the CPU claims and the leaderboard; large: p = 113 (GPU)",
+    )
+    run.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local process pool (default) or SLURM job arrays through submitit",
+    )
+    run.add_argument("--jobs", type=int, help="local workers (default: one per core)")
+    run.add_argument(
+        "--claims",
+        nargs="+",
+        metavar="FILE",
+        help="only these claim modules (file names in hypotheses/)",
+    )
+    run.add_argument(
+        "--select", metavar="EXPR", help="a pytest -k expression: only the claim checks it selects"
+    )
+    run.add_argument("--no-leaderboard", action="store_true", help="skip the leaderboard tasks")
+    run.add_argument(
+        "--seeds", type=int, default=DEFAULT_SEEDS, help="leaderboard seeds 0..N-1 (default 3)"
+    )
+    run.add_argument(
+        "--slurm-config",
+        metavar="FILE",
+        help="JSON file of SLURM options (partition, time_min, cpus_per_task, "
+        "gpus_per_node, mem_gb, array_parallelism, extra)",
+    )
+    run.add_argument("--partition", help="SLURM partition")
+    run.add_argument("--time-min", type=int, help="SLURM time limit per job, minutes")
+    run.add_argument("--cpus-per-task", type=int, help="SLURM CPUs per job (its threads)")
+    run.add_argument("--gpus", type=int, help="SLURM GPUs per job")
+    run.add_argument("--wandb", choices=MODES, help="W&B mode (default: $WANDB_MODE, else offline)")
+    run.add_argument("--dry-run", action="store_true", help="list the jobs and exit")
+    run.set_defaults(subparser=run)
     return main
+
+
+def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from leaderboard import graph
+
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be ≥ 1, got {args.jobs}")
+    problem = check_folders()
+    if problem:
+        print(f"ntkbench run: error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        jobs = graph.build(
+            args.tier,
+            claims=args.claims,
+            leaderboard=not args.no_leaderboard,
+            select=args.select or "",
+            seeds=args.seeds,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    kinds = pd.Series([j.kind for j in jobs]).value_counts().to_dict() if jobs else {}
+    summary = ", ".join(f"{kinds[k]} {k}" for k in graph.KINDS if k in kinds)
+    if args.dry_run:
+        for level, members in enumerate(graph.levels(jobs)):
+            for job in members:
+                needs = f" (needs {len(job.needs)})" if job.needs else ""
+                print(f"{level} {job.kind:10} {job.name}{needs}")
+        print(f"{len(jobs)} jobs: {summary}")
+        return 0
+    try:
+        if args.executor == "slurm":
+            overrides = dict(
+                partition=args.partition,
+                time_min=args.time_min,
+                cpus_per_task=args.cpus_per_task,
+                gpus_per_node=args.gpus,
+            )
+            options = (
+                graph.SlurmOptions.from_file(args.slurm_config, **overrides)
+                if args.slurm_config
+                else graph.SlurmOptions(**{k: v for k, v in overrides.items() if v is not None})
+            )
+            executor = graph.SlurmExecutor(options)
+        else:
+            executor = graph.LocalExecutor(args.jobs)
+    except (RuntimeError, ValueError, OSError) as error:
+        print(f"ntkbench run: error: {error}", file=sys.stderr)
+        return 2
+    where = (
+        f"{executor.jobs} local workers × {executor.threads} threads"
+        if args.executor == "local"
+        else "SLURM job arrays"
+    )
+    print(
+        f"ntkbench run ({args.tier} tier): {len(jobs)} jobs ({summary}) on {where}",
+        file=sys.stderr,
+        flush=True,
+    )
+    started = time.perf_counter()
+    run_id, outcomes = graph.run_graph(jobs, executor)
+    seconds = time.perf_counter() - started
+    counts = pd.Series([o.status for o in outcomes]).value_counts().to_dict() if outcomes else {}
+    print(
+        f"ntkbench run {run_id}: {len(outcomes)} jobs in {seconds:.0f} s "
+        f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); logs in "
+        f"{graph.graph_dir() / run_id}",
+        file=sys.stderr,
+    )
+    mode = wandb_mode(args.wandb)
+    dirs, error = log_graph(
+        mode=mode,
+        run_id=run_id,
+        outcomes=[o.__dict__ for o in outcomes],
+        config={
+            "tier": args.tier,
+            "executor": args.executor,
+            "git_sha": git_sha(),
+            "seconds": seconds,
+            "jobs": len(jobs),
+        },
+    )
+    if error:
+        print(error, file=sys.stderr)
+    elif dirs:
+        print(
+            f"W&B {mode} group graph-{run_id}: {len(dirs)} runs in {Path(dirs[0]).parent}",
+            file=sys.stderr,
+        )
+    return 1 if counts.get("failed") else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -554,6 +699,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_list(args)
     if args.command == "report":
         return cmd_report(args)
+    if args.command == "run":
+        return cmd_run(args, args.subparser)
     return cmd_leaderboard(args, args.subparser)
 
 

@@ -112,3 +112,49 @@ def log_run(
             None,
             f"W&B logging failed ({type(error).__name__}: {error}); local results are complete",
         )
+
+
+def log_graph(
+    *, mode: str, run_id: str, outcomes: list[dict], config: dict, directory: Path | None = None
+) -> tuple[list[str], str | None]:
+    """Log one ``ntkbench run``: one W&B group (``graph-<run id>``) holding one run per job kind
+    (train, trajectory, claim, task), each with its jobs' table (name, status, seconds) and
+    counts in the summary. Returns (run directories, error message or None); never raises.
+    """
+    if mode not in MODES:
+        raise ValueError(f"wandb mode must be one of {MODES}, got mode={mode!r}")
+    if mode == "disabled" or not outcomes:
+        return [], None
+    frame = pd.DataFrame(outcomes)
+    dirs: list[str] = []
+    try:
+        import wandb
+
+        directory = Path(directory or os.environ.get("WANDB_DIR", "."))
+        directory.mkdir(parents=True, exist_ok=True)
+        for kind, jobs in frame.groupby("kind", sort=True):
+            run = wandb.init(
+                project=PROJECT,
+                group=f"graph-{run_id}",
+                job_type=str(kind),
+                name=f"{run_id}-{kind}",
+                mode=mode,
+                dir=str(directory),
+                config={**config, "kind": kind},
+                settings=wandb.Settings(init_timeout=INIT_TIMEOUT, silent=True),
+                reinit="create_new",
+            )
+            try:
+                columns = ["name", "status", "seconds", "message"]
+                run.log({"jobs": wandb.Table(dataframe=table_frame(jobs[columns]))})
+                for status, count in jobs["status"].value_counts().items():
+                    run.summary[f"jobs_{status}"] = int(count)
+                run.summary["seconds"] = float(jobs["seconds"].sum())
+                dirs.append(str(Path(run.dir).parent))
+            finally:
+                run.finish()
+        return dirs, None
+    except Exception as error:  # noqa: BLE001 - W&B must never fail the run
+        return dirs, (
+            f"W&B logging failed ({type(error).__name__}: {error}); local results are complete"
+        )
