@@ -12,9 +12,10 @@ threshold, the files the check wrote under the results folder are restored, and 
 fails or skips as it did. Editing the claim, a helper, a testbed or a metric it imports changes
 the key, and the check runs again.
 
-Only finished checks are stored: passed, skipped, or failed on an ``AssertionError`` (a criterion
-not met). A check that crashed is not stored and runs again next time. ``--recompute`` (or
-``NTKBENCH_RECOMPUTE=1``) ignores the stored results and overwrites them.
+Only finished checks are stored: passed, or failed on an ``AssertionError`` (a criterion not
+met). A check that crashed or skipped is not stored and runs again next time (a skip says what
+this machine lacks, a GPU or copied runs, which may change without the code changing).
+``--recompute`` (or ``NTKBENCH_RECOMPUTE=1``) ignores the stored results and overwrites them.
 
 Files live in ``$NTKBENCH_CACHE/claims/<module>/<key>.json`` (plus ``<key>.files/`` for the
 files the check wrote) and are written atomically. When every check of a module that a session
@@ -112,8 +113,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 @dataclasses.dataclass
 class Stored:
-    """One finished check: its outcome (``passed``, ``failed`` or ``skipped``), the message of a
-    failure or skip, its records (as dicts), the files it wrote (relative to the results
+    """One finished check: its outcome (``passed`` or ``failed``), the message of a failure, its
+    records (as dicts), the files it wrote (relative to the results
     folder) and how it was computed."""
 
     nodeid: str
@@ -124,7 +125,6 @@ class Stored:
     run_id: str
     started_at: str
     seconds: float
-    when: str = "call"  # the phase that skipped or failed
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **dataclasses.asdict(self)}, default=str)

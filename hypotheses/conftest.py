@@ -253,14 +253,9 @@ def pytest_runtest_protocol(item, nextitem):
         message += f"\n(replayed: computed in run {stored.run_id}; --recompute recomputes)"
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    path, line = str(item.path), (item.location[1] or 0)
-    if outcome == "skipped":
-        skip = (path, line + 1, f"Skipped: {message}")
-        ihook.pytest_runtest_logreport(report=_report(item, "setup", "skipped", skip))
-    else:
-        ihook.pytest_runtest_logreport(report=_report(item, "setup", "passed"))
-        call = message if outcome == "failed" else None
-        ihook.pytest_runtest_logreport(report=_report(item, "call", outcome, call, 0.0))
+    ihook.pytest_runtest_logreport(report=_report(item, "setup", "passed"))
+    call = message if outcome == "failed" else None
+    ihook.pytest_runtest_logreport(report=_report(item, "call", outcome, call, 0.0))
     ihook.pytest_runtest_logreport(report=_report(item, "teardown", "passed"))
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
@@ -279,7 +274,8 @@ def pytest_runtest_makereport(item, call):
     phases = item.stash.setdefault(PHASES, {})
     if call.when == "setup":
         item.stash[STARTED] = (time.time_ns(), time.perf_counter())
-    cacheable = report.passed or report.skipped
+    # a skip depends on this machine (a GPU, copied runs), not on the code: never stored
+    cacheable = report.passed
     if report.failed and call.when == "call" and call.excinfo is not None:
         cacheable = call.excinfo.errisinstance(AssertionError)
     phases[call.when] = (report.outcome, cacheable, call.excinfo)
@@ -289,21 +285,12 @@ def pytest_runtest_makereport(item, call):
 
 
 def _store(item, phases) -> None:
-    if not all(cacheable for _, cacheable, _ in phases.values()):
+    """Store a check that passed, or failed a criterion in its call (module docstring of
+    :mod:`hypotheses.claim_cache`)."""
+    if "call" not in phases or not all(cacheable for _, cacheable, _ in phases.values()):
         return
-    if any(o == "failed" for o, _, _ in phases.values()) and "call" not in phases:
-        return
-    outcome, message, when = "passed", "", "call"
-    for phase in ("setup", "call"):
-        if phase in phases and phases[phase][0] != "passed":
-            outcome, _, excinfo = phases[phase]
-            when = phase
-            if excinfo is not None:
-                value = excinfo.value
-                message = str(getattr(value, "msg", "") or value) if outcome == "skipped" else ""
-                if outcome == "failed":
-                    message = excinfo.exconly()
-            break
+    outcome, _, excinfo = phases["call"]
+    message = excinfo.exconly() if outcome == "failed" and excinfo is not None else ""
     recorder = item.stash.get(RECORDER, None)
     start_ns, clock = item.stash.get(STARTED, (time.time_ns(), time.perf_counter()))
     stored = claim_cache.Stored(
@@ -315,7 +302,6 @@ def _store(item, phases) -> None:
         run_id=item.config._ntkbench_run_id,
         started_at=recorder.started if recorder else "",
         seconds=time.perf_counter() - clock,
-        when=when,
     )
     try:
         claim_cache.store(stored, item.path, claim_cache.written_since(start_ns))

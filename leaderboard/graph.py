@@ -73,8 +73,10 @@ class Job:
 
 @dataclass
 class Outcome:
-    """What a job did: ``status`` ``"computed"``, ``"cached"`` or ``"failed"`` (``message``
-    says why), its seconds, its log file, and the runs a claim job had to train itself."""
+    """What a job did: ``status`` ``"computed"``, ``"cached"``, ``"skipped"`` (a run this
+    machine may not train: a p = 113 run on the CPU, or one asked for by another device kind)
+    or ``"failed"`` (``message`` says why), its seconds, its log file, and the runs a claim job
+    had to train itself."""
 
     name: str
     kind: str
@@ -218,7 +220,14 @@ def execute(job: Job, log_dir: str, threads: int = 1) -> Outcome:
 
 
 def _run_train(job: Job, log: Path, threads: int):
-    run = job.target.train()
+    from testbeds.modadd import SlowOnCPU
+    from testbeds.runs import RunNotCached
+
+    try:
+        run = job.target.train()
+    except (SlowOnCPU, RunNotCached) as why:  # not here: the claims that read it skip
+        log.write_text(f"{job.name}: skipped: {why}\n")
+        return "skipped", str(why), []
     log.write_text(f"{job.name}: {'cached' if run.from_cache else 'trained'}\n")
     return ("cached" if run.from_cache else "computed"), "", []
 
@@ -573,6 +582,8 @@ def run_graph(
         )
         if outcome.status == "failed":
             line += f": {outcome.message} (log: {outcome.log})"
+        elif outcome.status == "skipped":
+            line += f": {outcome.message}"
         for run in outcome.trained_inside:
             line += f"\n    trained inside the claim job, not in the plan: {run}"
         progress.write(line, file=stream) if bar else print(line, file=stream, flush=True)
