@@ -92,22 +92,27 @@ def pytest_configure(config):
 
 
 def _report_inline_training() -> None:
-    """In an ``ntkbench run`` claim job, say on stdout which runs the job had to train itself
-    (the plan, :mod:`hypotheses.plan`, did not name them)."""
-    from leaderboard.graph import TRAINED_INSIDE
+    """In an ``ntkbench run`` claim job, note which runs the job had to train itself
+    (the plan, :mod:`hypotheses.plan`, did not name them), in the file ``ntkbench run`` names."""
+    from leaderboard.graph import TRAINED_INSIDE, TRAINED_NOTES_ENV
     from testbeds.runs import RunStore
 
     save = RunStore.save
     if getattr(save, "_ntkbench_reports", False):
         return
 
+    notes = os.environ.get(TRAINED_NOTES_ENV, "").strip()
+
     def reporting_save(self, payload):
         meta = payload.get("meta", {})
-        print(
-            f"{TRAINED_INSIDE} {meta.get('testbed', '?')} {meta.get('stage', '')} "
-            f"config {meta.get('config_hash', '?')} seed {meta.get('seed', '?')}",
-            flush=True,
+        stage = f" {meta['stage']}" if meta.get("stage") else ""
+        line = (
+            f"{TRAINED_INSIDE} {meta.get('testbed', '?')}{stage} "
+            f"config {meta.get('config_hash', '?')} seed {meta.get('seed', '?')}\n"
         )
+        if notes:  # pytest captures stdout; the job reads this file
+            with open(notes, "a", encoding="utf-8") as handle:
+                handle.write(line)
         return save(self, payload)
 
     reporting_save._ntkbench_reports = True

@@ -52,6 +52,7 @@ TIER_MARKERS = {"default": "not large", "large": "large"}
 GUESS = {"train": 60.0, "trajectory": 120.0, "claim": 300.0, "task": 60.0}
 ROOT = Path(__file__).resolve().parent.parent
 TRAINED_INSIDE = "ntkbench-graph: trained inside the claim job:"
+TRAINED_NOTES_ENV = "NTKBENCH_TRAINED_NOTES"  # where a claim job notes the runs it trained
 
 
 @dataclass(frozen=True)
@@ -260,19 +261,18 @@ def _run_claim(job: Job, log: Path, threads: int):
     command += ["-m", marker] if marker else []
     command += ["-k", select] if select else []
     importable()
+    notes = log.with_suffix(".trained")
+    notes.unlink(missing_ok=True)
     env = {**os.environ, claim_cache.JOB_ENV: "1", "NTKBENCH_THREADS": str(threads)}
+    env[TRAINED_NOTES_ENV] = str(notes)
     with log.open("w", encoding="utf-8") as handle:
         code = subprocess.run(
             command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False
         ).returncode
     text = log.read_text(encoding="utf-8", errors="replace")
-    inside = sorted(
-        {
-            line.split(TRAINED_INSIDE, 1)[1].strip()
-            for line in text.splitlines()
-            if TRAINED_INSIDE in line
-        }
-    )
+    noted = notes.read_text(encoding="utf-8") if notes.exists() else ""
+    lines = [line for line in noted.splitlines() if TRAINED_INSIDE in line]
+    inside = sorted({line.split(TRAINED_INSIDE, 1)[1].strip() for line in lines})
     # exit 1: some criteria not met (a result, stored); 5: nothing selected
     if code in (0, 1, 5) and (select or claim_cache.module_complete(module, marker)):
         return "computed", "", inside

@@ -27,8 +27,8 @@ from testbeds import modadd
 CONFIG = modadd.preset("lin2025_mlp").replace(p=7, width=16, epochs=20, checkpoints=(0, 10, 20))
 
 
-def test_uses_both_runs(record):
-    runs = [RunRequest("modadd", CONFIG, s).train() for s in (0, 1)]
+def test_uses_three_runs(record):
+    runs = [RunRequest("modadd", CONFIG, s).train() for s in (0, 1, 2)]
     value = sum(float(r.log["train_loss"].iloc[-1]) for r in runs)
     record(claim="G1", testbed="modadd", preset="tiny", seed=0, config=CONFIG,
            statistic="loss_sum", value=value, threshold=100.0, comparison="<=")
@@ -101,7 +101,7 @@ def claim_folder(tmp_path, monkeypatch):
     return folder
 
 
-def stored(folder: Path, nodeid: str = "test_tiny_claim.py::test_uses_both_runs") -> list[dict]:
+def stored(folder: Path, nodeid: str = "test_tiny_claim.py::test_uses_three_runs") -> list[dict]:
     found = claim_cache.load(nodeid, folder / "test_tiny_claim.py")
     assert found is not None
     return [
@@ -142,7 +142,11 @@ def test_local_and_submitit_executors_store_the_same_results(claim_folder, tmp_p
         "claim tiny": "computed",
     }
     assert "no_such_testbed" in outcomes["train broken"].message  # reported; the rest ran
-    assert sum("failed" in line for line in lines) == 1 and len(lines) == 4
+    # seed 2 is not in the graph: the claim job trained it and says so
+    assert len(outcomes["claim tiny"].trained_inside) == 1
+    assert "seed 2" in outcomes["claim tiny"].trained_inside[0]
+    assert sum("failed" in line for line in lines) == 1
+    assert sum("trained inside the claim job" in line for line in lines) == 1
     assert not (tmp_path / "results" / "records.jsonl").exists()  # judged later, not here
     local = stored(claim_folder)
     durations = json.loads((tmp_path / "a" / "graph" / "durations.json").read_text())
