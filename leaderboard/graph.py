@@ -27,6 +27,7 @@ cache directory must be on a filesystem every node sees). Each job's output goes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -207,7 +208,15 @@ def execute(job: Job, log_dir: str, threads: int = 1) -> Outcome:
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        status, message, inside = _RUNNERS[job.kind](job, log, threads)
+        if job.kind == "claim":  # pytest's own output goes to the log
+            status, message, inside = _run_claim(job, log, threads)
+        else:  # progress bars and prints of in-process jobs go to the log, not the terminal
+            with (
+                log.open("w", encoding="utf-8") as handle,
+                contextlib.redirect_stdout(handle),
+                contextlib.redirect_stderr(handle),
+            ):
+                status, message, inside = _RUNNERS[job.kind](job, log, threads)
     except BaseException as error:  # noqa: BLE001 - a job's failure is its outcome
         if isinstance(error, KeyboardInterrupt):
             raise
@@ -227,9 +236,9 @@ def _run_train(job: Job, log: Path, threads: int):
     try:
         run = job.target.train()
     except (SlowOnCPU, RunNotCached) as why:  # not here: the claims that read it skip
-        log.write_text(f"{job.name}: skipped: {why}\n")
+        print(f"{job.name}: skipped: {why}")
         return "skipped", str(why), []
-    log.write_text(f"{job.name}: {'cached' if run.from_cache else 'trained'}\n")
+    print(f"{job.name}: {'cached' if run.from_cache else 'trained'}")
     return ("cached" if run.from_cache else "computed"), "", []
 
 
@@ -240,7 +249,7 @@ def _run_trajectory(job: Job, log: Path, threads: int):
     before = _trajectory_files(run, job.target.preset)
     trajectory(run, job.target.preset)
     after = _trajectory_files(run, job.target.preset)
-    log.write_text(f"{job.name}: {after - before} checkpoint values computed\n")
+    print(f"{job.name}: {after - before} checkpoint values computed")
     return ("computed" if after > before else "cached"), "", []
 
 
@@ -291,12 +300,12 @@ def _run_task(job: Job, log: Path, threads: int):
     seeds = list(range(job.options.get("seeds", 3)))
     total = len(methods) * len(seeds)
     if len(cached_scores([task], methods, seeds)) == total:
-        log.write_text(f"{job.name}: every score cached\n")
+        print(f"{job.name}: every score cached")
         return "cached", "", []
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S-graph")
     records = evaluate([task], methods, seeds, run_id=run_id, progress=False)
     failed = [r for r in records if r.status == "failed"]
-    log.write_text(
+    print(
         f"{job.name}: {len(records)} evaluations, {len(failed)} failed\n"
         + "".join(f"FAILED {r.method} seed {r.seed}: {r.error}\n" for r in failed)
     )
