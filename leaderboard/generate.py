@@ -562,7 +562,11 @@ def score_scope(records: pd.DataFrame, block: Block) -> pd.DataFrame:
     if scores.empty:
         return scores
     newest = scores.sort_values("started_at", kind="stable")
-    return newest.groupby(["method", "task", "seed"], as_index=False).tail(1).sort_index()
+    newest = newest.groupby(["method", "task", "seed"], as_index=False).tail(1).sort_index()
+    # tasks (the table's columns) in the order they were first scored, so that recomputing one
+    # task's scores does not move its column
+    first = {task: i for i, task in enumerate(dict.fromkeys(scores["task"]))}
+    return newest.iloc[newest["task"].map(first).argsort(kind="stable")].reset_index(drop=True)
 
 
 def leaderboard_table(scope: pd.DataFrame) -> str:

@@ -202,7 +202,9 @@ def _worker_setup(threads: int) -> None:
 def execute(job: Job, log_dir: str, threads: int = 1) -> Outcome:
     """Run one job (in whichever process or cluster node the executor chose) and say how it
     went; never raises for a failure of the job itself."""
-    _worker_setup(threads)
+    # leaderboard tasks take every core, as `ntkbench leaderboard` does: a score's cache key
+    # fingerprints the task's problem, whose float set-up depends on the thread count
+    _worker_setup((os.cpu_count() or 1) if job.kind == "task" else threads)
     importable()
     log = Path(log_dir) / f"{_slug(job.name)}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
