@@ -3,14 +3,15 @@
 A claim check (one pytest item in ``hypotheses/``) is a pure function of its code, its
 parameters, the device kind and the library versions: the runs it trains are cached under
 keys of the same inputs. So once a check has finished, its records and its outcome are stored
-under :func:`item_key` (the test's node id, :func:`testbeds.sources.source_hash` of its module
-and every project module that module imports, the device kind, ``$NTKBENCH_TRAINED_ON`` and
-the library versions). The next session *replays* the check: its records are appended again,
+under :func:`item_key` (the test's node id, :func:`code_hash`: the source hash of its module
+and every project module that module imports, of every registered testbed package and of the
+code that stores and replays it; the device kind, ``$NTKBENCH_TRAINED_ON`` and the library
+versions). The next session *replays* the check: its records are appended again,
 stamped with this session's run id and start time (``extra["computed"]`` names the run that
 computed them and how long it took), every criterion is compared again with the module's
-threshold, the files the check wrote under the results folder are restored, and the test passes,
-fails or skips as it did. Editing the claim, a helper, a testbed or a metric it imports changes
-the key, and the check runs again.
+threshold, the files the check wrote under the results folder are restored (unless a newer one
+is there), and the test passes or fails as it did. Editing the claim, a helper, a testbed or
+a metric it imports changes the key, and the check runs again.
 
 Only finished checks are stored: passed, or failed on an ``AssertionError`` (a criterion not
 met). A check that crashed or skipped is not stored and runs again next time (a skip says what
@@ -36,7 +37,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from leaderboard.records import Record, compare, results_dir
+from leaderboard.records import Record, compare, from_row, results_dir
 from testbeds.loop import device_kind, resolve_device
 from testbeds.runs import TRAINED_ON_ENV, cache_dir, versions
 from testbeds.sources import source_hash
@@ -70,6 +71,19 @@ def environment() -> dict[str, Any]:
     }
 
 
+def code_hash(path: str | Path) -> str:
+    """The code a stored check depends on: its module and every project module it imports,
+    every registered testbed package (claims may reach one through ``testbeds.get(name)``,
+    which no import names), and the modules that store and replay it."""
+    import testbeds
+
+    beds = [type(testbeds.get(name)).__module__.rsplit(".", 1)[0] for name in testbeds.names()]
+    here = Path(__file__).resolve().parent
+    return source_hash(
+        Path(path), *beds, Path(__file__), here / "conftest.py", "leaderboard.records"
+    )
+
+
 def _digest(payload: dict[str, Any]) -> str:
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
@@ -81,7 +95,7 @@ def module_key(path: str | Path, selection: str = "") -> str:
     return _digest(
         {
             "format": FORMAT,
-            "code": source_hash(Path(path)),
+            "code": code_hash(path),
             "selection": selection,
             **environment(),
         }
@@ -90,9 +104,7 @@ def module_key(path: str | Path, selection: str = "") -> str:
 
 def item_key(nodeid: str, path: str | Path) -> str:
     """The key of one check's stored result (module docstring)."""
-    return _digest(
-        {"format": FORMAT, "nodeid": nodeid, "code": source_hash(Path(path)), **environment()}
-    )
+    return _digest({"format": FORMAT, "nodeid": nodeid, "code": code_hash(path), **environment()})
 
 
 def _folder(path: str | Path) -> Path:
@@ -172,15 +184,22 @@ def store(result: Stored, path: str | Path, written: Iterable[Path]) -> Path:
 
 
 def restore_files(result: Stored, entry: Path) -> None:
-    """Put the files a stored check wrote back under the results folder."""
+    """Put the files a stored check wrote back under the results folder, unless a newer file
+    is there (another check wrote it since)."""
     files_dir = entry.with_suffix(".files")
     root = results_dir()
     for relative in result.files:
         source = files_dir / relative
-        if source.is_file():
-            target = root / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+        if not source.is_file():
+            continue
+        target = root / relative
+        try:
+            if target.stat().st_mtime_ns > source.stat().st_mtime_ns:
+                continue
+        except FileNotFoundError:
+            pass
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
 
 
 def replayed_records(result: Stored, run_id: str, started_at: str) -> list[Record]:
@@ -198,7 +217,7 @@ def replayed_records(result: Stored, run_id: str, started_at: str) -> list[Recor
         row.update(extra=extra, run_id=run_id, started_at=started_at)
         if row.get("kind") == "claim" and row.get("threshold") is not None:
             row["passed"] = compare(row["value"], row["comparison"], row["threshold"])
-        out.append(Record(**row))
+        out.append(from_row(row))
     return out
 
 

@@ -91,28 +91,34 @@ def pytest_configure(config):
     threadpool_limits(threads)
 
 
+def _note(kind: str, text: str) -> None:
+    """In an ``ntkbench run`` claim job, tell the job (through the file it names) about a
+    check that skipped or crashed, or a run the job trained itself."""
+    from leaderboard.graph import JOB_NOTE, TRAINED_NOTES_ENV
+
+    notes = os.environ.get(TRAINED_NOTES_ENV, "").strip()
+    if notes:  # pytest captures stdout; the job reads this file
+        with open(notes, "a", encoding="utf-8") as handle:
+            handle.write(f"{JOB_NOTE} {kind}: {text}\n")
+
+
 def _report_inline_training() -> None:
     """In an ``ntkbench run`` claim job, note which runs the job had to train itself
     (the plan, :mod:`hypotheses.plan`, did not name them), in the file ``ntkbench run`` names."""
-    from leaderboard.graph import TRAINED_INSIDE, TRAINED_NOTES_ENV
     from testbeds.runs import RunStore
 
     save = RunStore.save
     if getattr(save, "_ntkbench_reports", False):
         return
 
-    notes = os.environ.get(TRAINED_NOTES_ENV, "").strip()
-
     def reporting_save(self, payload):
         meta = payload.get("meta", {})
         stage = f" {meta['stage']}" if meta.get("stage") else ""
-        line = (
-            f"{TRAINED_INSIDE} {meta.get('testbed', '?')}{stage} "
-            f"config {meta.get('config_hash', '?')} seed {meta.get('seed', '?')}\n"
+        _note(
+            "trained",
+            f"{meta.get('testbed', '?')}{stage} config {meta.get('config_hash', '?')} "
+            f"seed {meta.get('seed', '?')}",
         )
-        if notes:  # pytest captures stdout; the job reads this file
-            with open(notes, "a", encoding="utf-8") as handle:
-                handle.write(line)
         return save(self, payload)
 
     reporting_save._ntkbench_reports = True
@@ -240,7 +246,11 @@ def pytest_runtest_protocol(item, nextitem):
         return None
     stored, entry = found
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    records = claim_cache.replayed_records(stored, item.config._ntkbench_run_id, started)
+    try:
+        records = claim_cache.replayed_records(stored, item.config._ntkbench_run_id, started)
+    except (TypeError, ValueError, KeyError) as err:  # a result stored by other code: rerun
+        warnings.warn(f"stored result of {item.nodeid} unreadable ({err}); rerun", stacklevel=1)
+        return None
     if not claim_cache.job_mode():
         for rec in records:
             append(rec)
@@ -261,6 +271,9 @@ def pytest_runtest_protocol(item, nextitem):
     ihook.pytest_runtest_logreport(report=_report(item, "setup", "passed"))
     call = message if outcome == "failed" else None
     ihook.pytest_runtest_logreport(report=_report(item, "call", outcome, call, 0.0))
+    # tear down what the next check does not share (module fixtures of a check that ran), as
+    # pytest's own teardown step would (its hook also runs plugins that expect a set-up item)
+    item.session._setupstate.teardown_exact(nextitem)
     ihook.pytest_runtest_logreport(report=_report(item, "teardown", "passed"))
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
@@ -281,9 +294,13 @@ def pytest_runtest_makereport(item, call):
         item.stash[STARTED] = (time.time_ns(), time.perf_counter())
     # a skip depends on this machine (a GPU, copied runs), not on the code: never stored
     cacheable = report.passed
+    message = ""
     if report.failed and call.when == "call" and call.excinfo is not None:
         cacheable = call.excinfo.errisinstance(AssertionError)
-    phases[call.when] = (report.outcome, cacheable, call.excinfo)
+        message = call.excinfo.exconly()
+    phases[call.when] = (report.outcome, cacheable, message)
+    if claim_cache.job_mode() and (report.skipped or (report.failed and not cacheable)):
+        _note("skipped" if report.skipped else "crashed", item.nodeid)
     if call.when == "teardown" or (call.when == "setup" and not report.passed):
         _store(item, phases)
     return report
@@ -294,8 +311,7 @@ def _store(item, phases) -> None:
     :mod:`hypotheses.claim_cache`)."""
     if "call" not in phases or not all(cacheable for _, cacheable, _ in phases.values()):
         return
-    outcome, _, excinfo = phases["call"]
-    message = excinfo.exconly() if outcome == "failed" and excinfo is not None else ""
+    outcome, _, message = phases["call"]
     recorder = item.stash.get(RECORDER, None)
     start_ns, clock = item.stash.get(STARTED, (time.time_ns(), time.perf_counter()))
     stored = claim_cache.Stored(
@@ -312,6 +328,11 @@ def _store(item, phases) -> None:
         claim_cache.store(stored, item.path, claim_cache.written_since(start_ns))
     except OSError as err:  # never lose the session over the cache
         warnings.warn(f"could not store the result of {item.nodeid}: {err}", stacklevel=1)
+        if claim_cache.job_mode():
+            _note("crashed", f"{item.nodeid} (not stored: {err})")
+        return
+    if claim_cache.job_mode():
+        _note("stored", item.nodeid)
 
 
 def _selection(config) -> str | None:

@@ -38,6 +38,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,8 +53,8 @@ TIER_MARKERS = {"default": "not large", "large": "large"}
 # a first guess of a job's seconds when it has never run (longest first needs a number)
 GUESS = {"train": 60.0, "trajectory": 120.0, "claim": 300.0, "task": 60.0}
 ROOT = Path(__file__).resolve().parent.parent
-TRAINED_INSIDE = "ntkbench-graph: trained inside the claim job:"
-TRAINED_NOTES_ENV = "NTKBENCH_TRAINED_NOTES"  # where a claim job notes the runs it trained
+JOB_NOTE = "ntkbench-graph:"  # a claim job's notes: stored, skipped, crashed, trained
+TRAINED_NOTES_ENV = "NTKBENCH_JOB_NOTES"  # the file a claim job writes its notes to
 
 
 @dataclass(frozen=True)
@@ -199,12 +200,13 @@ def _worker_setup(threads: int) -> None:
     os.environ["NTKBENCH_THREADS"] = str(threads)
 
 
-def execute(job: Job, log_dir: str, threads: int = 1) -> Outcome:
+def execute(job: Job, log_dir: str, threads: int = 1, task_threads: int | None = None) -> Outcome:
     """Run one job (in whichever process or cluster node the executor chose) and say how it
-    went; never raises for a failure of the job itself."""
-    # leaderboard tasks take every core, as `ntkbench leaderboard` does: a score's cache key
-    # fingerprints the task's problem, whose float set-up depends on the thread count
-    _worker_setup((os.cpu_count() or 1) if job.kind == "task" else threads)
+    went; never raises for a failure of the job itself. Leaderboard tasks run on
+    ``task_threads`` (default ``threads``): a score's cache key fingerprints the task's problem,
+    whose float set-up depends on the thread count, so the local pool gives them the threads
+    ``ntkbench leaderboard`` would use on this machine."""
+    _worker_setup((task_threads or threads) if job.kind == "task" else threads)
     importable()
     log = Path(log_dir) / f"{_slug(job.name)}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -246,8 +248,14 @@ def _run_train(job: Job, log: Path, threads: int):
 
 def _run_trajectory(job: Job, log: Path, threads: int):
     from hypotheses.trajectories import trajectory
+    from testbeds.modadd import SlowOnCPU
+    from testbeds.runs import RunNotCached
 
-    run = job.target.run.train()
+    try:
+        run = job.target.run.train()
+    except (SlowOnCPU, RunNotCached) as why:  # not here: the claims that read it skip
+        print(f"{job.name}: skipped: {why}")
+        return "skipped", str(why), []
     before = _trajectory_files(run, job.target.preset)
     trajectory(run, job.target.preset)
     after = _trajectory_files(run, job.target.preset)
@@ -282,13 +290,21 @@ def _run_claim(job: Job, log: Path, threads: int):
         ).returncode
     text = log.read_text(encoding="utf-8", errors="replace")
     noted = notes.read_text(encoding="utf-8") if notes.exists() else ""
-    lines = [line for line in noted.splitlines() if TRAINED_INSIDE in line]
-    inside = sorted({line.split(TRAINED_INSIDE, 1)[1].strip() for line in lines})
-    # exit 1: some criteria not met (a result, stored); 5: nothing selected
-    if code in (0, 1, 5) and (select or claim_cache.module_complete(module, marker)):
-        return "computed", "", inside
-    tail = " | ".join(text.strip().splitlines()[-3:])
-    return "failed", f"pytest exited {code}: {tail}", inside
+    found: dict[str, list[str]] = {"stored": [], "skipped": [], "crashed": [], "trained": []}
+    for line in noted.splitlines():
+        kind, _, text = line.removeprefix(JOB_NOTE).strip().partition(": ")
+        if kind in found:
+            found[kind].append(text)
+    inside = sorted(set(found["trained"]))
+    # exit 1: some criteria not met (stored results) or a crash (noted); 5: nothing selected
+    if code not in (0, 1, 5) or found["crashed"]:
+        tail = " | ".join(text.strip().splitlines()[-3:])
+        crashed = f"{len(found['crashed'])} checks crashed; " if found["crashed"] else ""
+        return "failed", f"{crashed}pytest exited {code}: {tail}", inside
+    skipped = f"{len(found['skipped'])} checks skipped" if found["skipped"] else ""
+    if found["skipped"] and not found["stored"]:
+        return "skipped", skipped, inside
+    return "computed", skipped, inside
 
 
 def _run_task(job: Job, log: Path, threads: int):
@@ -407,52 +423,59 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, jobs: int | None = None):
+        import torch
+
         cores = os.cpu_count() or 1
         self.jobs = max(1, jobs or cores)
         self.threads = max(1, cores // self.jobs)
+        self.task_threads = torch.get_num_threads()  # what `ntkbench leaderboard` runs with
 
     def run(self, graph: Sequence[Job], log_dir: Path, report: Callable[[Outcome], None]):
         durations = {**claim_seconds(), **load_durations()}
         rank = priorities(graph, durations)
         by_name = {j.name: j for j in graph}
         waiting = {j.name: {n for n in j.needs if n in by_name} for j in graph}
-        done: set[str] = set()
         outcomes: list[Outcome] = []
+        running: dict[Future, Job] = {}
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=context) as pool:
-            running: dict[Future, Job] = {}
+        pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context)
 
-            def submit_ready() -> None:
-                ready = [by_name[n] for n, needs in waiting.items() if not needs]
-                for job in sorted(ready, key=lambda j: -rank[j.name]):
-                    if len(running) >= self.jobs:
-                        break
-                    del waiting[job.name]
-                    running[pool.submit(execute, job, str(log_dir), self.threads)] = job
+        def finish(job: Job, outcome: Outcome) -> None:
+            outcomes.append(outcome)
+            report(outcome)
+            for needs in waiting.values():
+                needs.discard(job.name)
 
-            submit_ready()
-            try:
-                while running:
+        def submit_ready() -> None:
+            ready = [by_name[n] for n, needs in waiting.items() if not needs]
+            for job in sorted(ready, key=lambda j: -rank[j.name]):
+                if len(running) >= self.jobs:
+                    break
+                del waiting[job.name]
+                args = (job, str(log_dir), self.threads, self.task_threads)
+                running[pool.submit(execute, *args)] = job
+
+        try:
+            while waiting or running:
+                try:
+                    submit_ready()
                     finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
                     for future in finished:
                         job = running.pop(future)
-                        try:
-                            outcome = future.result()
-                        except Exception as error:  # noqa: BLE001 - a dead worker
-                            outcome = Outcome(job.name, job.kind, "failed", 0.0, repr(error))
-                        outcomes.append(outcome)
-                        report(outcome)
-                        done.add(job.name)
-                        for needs in waiting.values():
-                            needs.discard(job.name)
-                    submit_ready()
-            except KeyboardInterrupt:
-                for future in running:
-                    future.cancel()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            finally:
-                save_durations(outcomes)
+                        finish(job, future.result())
+                except BrokenProcessPool as error:  # a worker died (memory, a crash)
+                    why = f"a worker process died ({error}); the job did not finish"
+                    for job in running.values():
+                        finish(job, Outcome(job.name, job.kind, "failed", 0.0, why))
+                    running.clear()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            save_durations(outcomes)
+        pool.shutdown()
         return outcomes
 
 
@@ -541,6 +564,7 @@ class SlurmExecutor:
                     execute, level, [str(log_dir)] * len(level), [threads] * len(level)
                 )
                 pending = dict(zip(handles, level, strict=True))
+                self._pending = pending
                 while pending:
                     for handle in [h for h in pending if h.done()]:
                         job = pending.pop(handle)
@@ -558,6 +582,13 @@ class SlurmExecutor:
                         report(outcome)
                     if pending:
                         time.sleep(1.0)
+        except KeyboardInterrupt:  # cancel what was submitted, so a rerun does not race it
+            for handle in getattr(self, "_pending", {}):
+                try:
+                    handle.cancel(check=False)
+                except Exception:  # noqa: BLE001, S110 - best effort on the way out
+                    pass
+            raise
         finally:
             save_durations(outcomes)
         return outcomes

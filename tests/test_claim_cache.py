@@ -168,3 +168,38 @@ def test_job_sessions_store_without_records_and_mark_complete(claims, monkeypatc
     assert "1 failed, 1 passed" in judged
     assert counts(env) == {"pass": 1, "fail": 1}
     assert len(records(env)) == 4  # appended once, by the judging session
+
+
+MODULE_Z = """
+import pytest
+
+from testbeds import modadd
+
+
+@pytest.fixture(scope="module")
+def shared():
+    yield 1
+
+
+def test_z_runs_every_time(shared):
+    pytest.skip("never stored")
+
+
+def test_z_stored(shared, record):
+    record(claim="Z1", testbed="modadd", preset="lin2025_mlp", seed=0,
+           config=modadd.preset("lin2025_mlp"), statistic="s", value=1.0, threshold=0.5,
+           comparison=">=")
+"""
+
+
+def test_a_replayed_last_check_tears_down_its_module(claims):
+    """A check that ran sets up module fixtures; when the module's last check is replayed,
+    they are torn down before the next module's checks run."""
+    folder, env = claims
+    (folder / "test_fake_claim.py").unlink()
+    (folder / "test_fake_z.py").write_text(MODULE_Z)
+    after = "import pytest\n\n\ndef test_after():\n    pytest.skip('runs every time')\n"
+    (folder / "test_fake_zz.py").write_text(after)
+    for _ in range(2):
+        out = session(folder, env)
+        assert "1 passed, 2 skipped" in out and "error" not in out.lower(), out
