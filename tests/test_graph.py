@@ -5,9 +5,6 @@ reported without stopping the rest, and the command line."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -182,29 +179,32 @@ def test_slurm_options_file(tmp_path):
         graph.SlurmOptions.from_file(path)
 
 
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "leaderboard.cli", *args],
-        cwd=ROOT,
-        env={**os.environ, "WANDB_MODE": "disabled", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    from leaderboard.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as stop:  # argparse errors
+        code = stop.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_cli_dry_run_and_errors(tmp_path):
-    env = {"NTKBENCH_RESULTS": str(tmp_path / "r"), "NTKBENCH_CACHE": str(tmp_path / "c")}
-    listing = cli("run", "--dry-run", env=env)
-    assert listing.returncode == 0, listing.stderr
-    assert "118 jobs: 81 train, 12 trajectory, 16 claim, 9 task" in listing.stdout
-    assert "2 claim      claim h6_cka_cca (needs 12)" in listing.stdout
-    bad = cli("run", "--jobs", "0", env=env)
-    assert bad.returncode == 2 and "--jobs must be ≥ 1, got 0" in bad.stderr
-    tier = cli("run", "--tier", "quickest", env=env)
-    assert tier.returncode == 2 and "invalid choice: 'quickest'" in tier.stderr
-    slurm = cli("run", "--executor", "slurm", env={**env, "PATH": str(tmp_path)})
-    assert slurm.returncode == 2 and "sbatch is not on PATH" in slurm.stderr
+def test_cli_dry_run_and_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NTKBENCH_RESULTS", str(tmp_path / "r"))
+    monkeypatch.setenv("NTKBENCH_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    code, out, err = cli(capsys, "run", "--dry-run")
+    assert code == 0, err
+    assert "118 jobs: 81 train, 12 trajectory, 16 claim, 9 task" in out
+    assert "2 claim      claim h6_cka_cca (needs 12)" in out
+    code, _, err = cli(capsys, "run", "--jobs", "0")
+    assert code == 2 and "--jobs must be ≥ 1, got 0" in err
+    code, _, err = cli(capsys, "run", "--tier", "quickest")
+    assert code == 2 and "invalid choice: 'quickest'" in err
+    monkeypatch.setenv("PATH", str(tmp_path))
+    code, _, err = cli(capsys, "run", "--executor", "slurm")
+    assert code == 2 and "sbatch is not on PATH" in err
 
 
 def test_wandb_group_has_one_run_per_job_kind(tmp_path):
