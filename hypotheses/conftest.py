@@ -93,7 +93,7 @@ def pytest_configure(config):
 
 def _note(kind: str, text: str) -> None:
     """In an ``ntkbench run`` claim job, tell the job (through the file it names) about a
-    check that skipped or crashed, or a run the job trained itself."""
+    check that was stored, replayed, skipped or crashed, or a run the job trained itself."""
     from leaderboard.graph import JOB_NOTE, TRAINED_NOTES_ENV
 
     notes = os.environ.get(TRAINED_NOTES_ENV, "").strip()
@@ -255,6 +255,8 @@ def pytest_runtest_protocol(item, nextitem):
         for rec in records:
             append(rec)
     claim_cache.restore_files(stored, entry)
+    if claim_cache.job_mode():
+        _note("replayed", item.nodeid)
     outcome, message = stored.outcome, stored.message
     if outcome == "failed":
         # judge again: the stored values against the module's (unchanged) thresholds

@@ -605,6 +605,8 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be ≥ 1, got {args.jobs}")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be ≥ 1, got {args.seeds}")
     problem = check_folders()
     if problem:
         print(f"ntkbench run: error: {problem}", file=sys.stderr)

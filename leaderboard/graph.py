@@ -290,7 +290,8 @@ def _run_claim(job: Job, log: Path, threads: int):
         ).returncode
     text = log.read_text(encoding="utf-8", errors="replace")
     noted = notes.read_text(encoding="utf-8") if notes.exists() else ""
-    found: dict[str, list[str]] = {"stored": [], "skipped": [], "crashed": [], "trained": []}
+    kinds = ("stored", "replayed", "skipped", "crashed", "trained")
+    found: dict[str, list[str]] = {kind: [] for kind in kinds}
     for line in noted.splitlines():
         kind, _, text = line.removeprefix(JOB_NOTE).strip().partition(": ")
         if kind in found:
@@ -302,9 +303,10 @@ def _run_claim(job: Job, log: Path, threads: int):
         crashed = f"{len(found['crashed'])} checks crashed; " if found["crashed"] else ""
         return "failed", f"{crashed}pytest exited {code}: {tail}", inside
     skipped = f"{len(found['skipped'])} checks skipped" if found["skipped"] else ""
-    if found["skipped"] and not found["stored"]:
-        return "skipped", skipped, inside
-    return "computed", skipped, inside
+    if found["stored"] or not (found["replayed"] or found["skipped"]):
+        return "computed", skipped, inside
+    # nothing computed: every check was replayed from its stored result, or skipped
+    return ("cached" if found["replayed"] else "skipped"), skipped, inside
 
 
 def _run_task(job: Job, log: Path, threads: int):

@@ -200,6 +200,8 @@ def test_cli_dry_run_and_errors(tmp_path, monkeypatch, capsys):
     assert "2 claim      claim h6_cka_cca (needs 12)" in out
     code, _, err = cli(capsys, "run", "--jobs", "0")
     assert code == 2 and "--jobs must be ≥ 1, got 0" in err
+    code, _, err = cli(capsys, "run", "--seeds", "0")
+    assert code == 2 and "--seeds must be ≥ 1, got 0" in err
     code, _, err = cli(capsys, "run", "--tier", "quickest")
     assert code == 2 and "invalid choice: 'quickest'" in err
     monkeypatch.setenv("PATH", str(tmp_path))
