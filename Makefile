@@ -3,6 +3,8 @@
 #               replaying the stored checks), write the leaderboard and the report
 #               (results/records.jsonl, claims.md, leaderboard.{csv,md}, report.html; W&B offline),
 #               then regenerate the results tables in README.md and docs/ (`ntkbench report`)
+#               `make run TIER=quick`: every claim on one seed and smoke-sized presets, in minutes;
+#               it shows that the code runs and never gives a verdict (results/quick/)
 #               `make run TIER=large`: the p = 113 claims alone (a GPU, or runs copied from one)
 #               `make run EXECUTOR=slurm`: the graph as SLURM job arrays; `JOBS=N`: local workers
 # `make test` : the test suite (unit tests, controls, small end-to-end runs)
@@ -31,13 +33,17 @@ ifeq ($(TIER),default)
 	$(BIN)/ntkbench report; tables=$$?; \
 	worst=$$(( claims > board ? claims : board )); worst=$$(( worst > tables ? worst : tables )); \
 	exit $$(( worst > graph ? worst : graph ))
+else ifeq ($(TIER),quick)
+	$(GRAPH); graph=$$?; \
+	NTKBENCH_TIER=quick $(BIN)/python -m pytest hypotheses/ -m "not large" -p no:cacheprovider -q; \
+	claims=$$?; exit $$(( claims > graph ? claims : graph ))
 else ifeq ($(TIER),large)
 	$(GRAPH); graph=$$?; \
 	$(BIN)/python -m pytest hypotheses/ -m large -p no:cacheprovider -rA; \
 	claims=$$?; $(BIN)/ntkbench report; tables=$$?; \
 	worst=$$(( claims > tables ? claims : tables )); exit $$(( worst > graph ? worst : graph ))
 else
-	@echo "TIER must be one of: default, large (got TIER=$(TIER))"; exit 2
+	@echo "TIER must be one of: quick, default, large (got TIER=$(TIER))"; exit 2
 endif
 
 test: $(STAMP)

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from hypotheses import tier
 from metrics.coalitions import Game, TreeDecomposition, UpdateGame, tree_decompositions
 from metrics.hierarchy import Tree
 
@@ -153,7 +154,7 @@ def depth_ratios(
 
 CIRCUITS = 8  # copies of h(g₁, g₂), each on its own 4 inputs: 32 players, 32 inputs
 EXAMPLES = 512
-HAND_BUILT_SEEDS = (0, 1, 2)
+HAND_BUILT_SEEDS = tier.seeds(0, 1, 2)
 
 
 class Circuits(nn.Module):

@@ -5,13 +5,14 @@ parameters, the device kind and the library versions: the runs it trains are cac
 keys of the same inputs. So once a check has finished, its records and its outcome are stored
 under :func:`item_key` (the test's node id, :func:`code_hash`: the source hash of its module
 and every project module that module imports, of every registered testbed package and of the
-code that stores and replays it; the device kind, ``$NTKBENCH_TRAINED_ON`` and the library
-versions). The next session *replays* the check: its records are appended again,
-stamped with this session's run id and start time (``extra["computed"]`` names the run that
-computed them and how long it took), every criterion is compared again with the module's
-threshold, the files the check wrote under the results folder are restored (unless a newer one
-is there), and the test passes or fails as it did. Editing the claim, a helper, a testbed or
-a metric it imports changes the key, and the check runs again.
+code that stores and replays it; the tier (:mod:`hypotheses.tier`), the device kind,
+``$NTKBENCH_TRAINED_ON`` and the library versions). The next session *replays* the check: its
+records are appended again, stamped with this session's run id and start time
+(``extra["computed"]`` names the run that computed them and how long it took), every criterion
+is compared again with the module's threshold, the files the check wrote under the results
+folder are restored (unless a newer one is there), and the test passes or fails as it did.
+Editing the claim, a helper, a testbed or a metric it imports changes the key, and the check
+runs again.
 
 Only finished checks are stored: passed, or failed on an ``AssertionError`` (a criterion not
 met). A check that crashed or skipped is not stored and runs again next time (a skip says what
@@ -62,9 +63,12 @@ def job_mode() -> bool:
 
 
 def environment() -> dict[str, Any]:
-    """What a stored result depends on besides its code: device kind, copied-run kind and
-    library versions."""
+    """What a stored result depends on besides its code: the tier (its seeds and presets),
+    device kind, copied-run kind and library versions."""
+    from hypotheses import tier
+
     return {
+        "tier": tier.current(),
         "device": device_kind(resolve_device()),
         "trained_on": os.environ.get(TRAINED_ON_ENV, "").strip(),
         "versions": versions(),

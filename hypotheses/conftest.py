@@ -9,6 +9,9 @@
   (:func:`leaderboard.folders.check_folders`); otherwise it stops with a one-line error.
 * At the end of a session the claims table of the newest records is written to
   ``results/claims.md`` and printed.
+* Under the quick tier (``NTKBENCH_TIER=quick``, :mod:`hypotheses.tier`) every record has role
+  ``"smoke"`` and the preset name ``"<preset> (quick)"``, and records go to ``results/quick/``
+  unless ``NTKBENCH_RESULTS`` is set: a smoke run never mixes with the verdicts.
 * A check that has finished once is replayed, not recomputed, while its code, the device kind
   and the library versions are unchanged (:mod:`hypotheses.claim_cache`); ``--recompute`` or
   ``NTKBENCH_RECOMPUTE=1`` recomputes. ``NTKBENCH_THREADS`` sets the threads of each session
@@ -29,9 +32,10 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from hypotheses import claim_cache
+from hypotheses import claim_cache, tier
 from leaderboard.folders import check_folders
 from leaderboard.records import (
+    RESULTS_ENV,
     Record,
     append,
     claims_table,
@@ -65,6 +69,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def pytest_configure(config):
     workerinput = getattr(config, "workerinput", None)
+    try:
+        quick = tier.quick()
+    except ValueError as err:
+        raise pytest.UsageError(str(err)) from None
+    if quick and not os.environ.get(RESULTS_ENV, "").strip():
+        os.environ[RESULTS_ENV] = tier.QUICK_RESULTS
     if workerinput is None:
         # fail now, in one line, rather than when the first claim saves after minutes of work
         problem = check_folders()
@@ -138,6 +148,7 @@ class Recorder:
     fails the test, naming every *gating* statistic that missed its criterion. A record written
     with ``role="superseded"``, ``"exploratory"`` or ``"diagnostic"`` (and a ``note`` saying
     why; ``leaderboard.records.ROLES``) is kept with its own verdict but never fails the test.
+    Under the quick tier every record is written with role ``"smoke"`` (:mod:`hypotheses.tier`).
     ``record(kind="diagnostic", role="diagnostic", ...)`` without ``threshold`` and
     ``comparison`` records a value that has no criterion of its own.
 
@@ -172,6 +183,11 @@ class Recorder:
             criterion = dict(threshold=threshold, comparison=comparison, passed=None)
         # where the statistic was computed (``$NTKBENCH_DEVICE``), unless the check says
         extra = {"device": device_kind(resolve_device()), **(fields.pop("extra", None) or {})}
+        if tier.quick():  # a smoke run: never a verdict, never confused with a preset's run
+            extra.update(tier="quick", registered_role=fields.get("role", "gating"))
+            fields.update(role="smoke", note=tier.SMOKE_NOTE)
+            if fields.get("preset"):
+                fields["preset"] = f"{fields['preset']} (quick)"
         rec = Record(
             value=value,
             kind=kind,

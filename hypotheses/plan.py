@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import testbeds
+from hypotheses import tier
 from testbeds.runs import config_hash
 
 ROOT = Path(__file__).resolve().parent
@@ -44,8 +45,10 @@ class RunRequest:
         return getattr(module, self.stage)
 
     def resolved(self) -> Any:
+        """The config; a preset name is read through :func:`hypotheses.tier.preset` (its smoke
+        variant under the quick tier)."""
         if isinstance(self.config, str):
-            return testbeds.get(self.testbed).preset(self.config)
+            return tier.preset(self.testbed, self.config)
         return self.config
 
     @property
@@ -56,7 +59,7 @@ class RunRequest:
     def label(self) -> str:
         config = self.resolved()
         try:
-            name = testbeds.get(self.testbed).preset_name(config)
+            name = tier.preset_name(self.testbed, config)
         except (ValueError, KeyError):
             name = ""
         name = name or f"custom-{config_hash(config)}"
@@ -76,7 +79,8 @@ class TrajectoryRequest:
 
     @property
     def label(self) -> str:
-        return f"trajectory {self.preset} seed {self.run.seed}"
+        quick = " (quick)" if tier.quick() else ""
+        return f"trajectory {self.preset}{quick} seed {self.run.seed}"
 
     def compute(self) -> None:
         from hypotheses.trajectories import trajectory
@@ -84,8 +88,22 @@ class TrajectoryRequest:
         trajectory(self.run.train(), self.preset)
 
 
+# modules whose seeds or presets claim modules import
+SEED_HELPERS = ("trajectories", "circuit_depth", "tms_kernels", "test_h3_memorisation_noise")
+_IMPORTED_UNDER: dict[str, str] = {}  # claim module → the tier it was (re)loaded under
+
+
 def _claim(name: str):
-    return importlib.import_module(f"hypotheses.{name}")
+    """The claim module ``name``, reloaded when the tier changed since it was imported (its
+    seeds and presets are read at import: :mod:`hypotheses.tier`)."""
+    module = importlib.import_module(f"hypotheses.{name}")
+    now = tier.current()
+    if _IMPORTED_UNDER.setdefault(name, now) != now:
+        for helper in SEED_HELPERS:
+            importlib.reload(importlib.import_module(f"hypotheses.{helper}"))
+        module = importlib.reload(module)
+        _IMPORTED_UNDER[name] = now
+    return module
 
 
 def _modadd(presets, seeds) -> list[RunRequest]:
@@ -109,17 +127,18 @@ def _lm_rl(module: str, replicated: bool):
     m = _claim(module)
     out = []
     for seed in m.SEEDS:
-        config = lm.preset(m.RL_PRESET)
+        config = tier.preset(lm, m.RL_PRESET)
         out.append(RunRequest("lm", config.base, seed))
-        out.append(RunRequest("lm", lm.preset(m.CONTINUE_PRESET), seed, "train_continue"))
+        out.append(RunRequest("lm", tier.preset(lm, m.CONTINUE_PRESET), seed, "train_continue"))
         if replicated:
             for r in m.REPLICATES:
                 rl = config.replace(replicate=r)
                 out.append(RunRequest("lm", rl, seed, "train_rl"))
-                out.append(RunRequest("lm", lm.preset(m.SFT_PRESET, rl=rl), seed, "train_sft"))
+                sft = tier.preset(lm, m.SFT_PRESET, rl=rl)
+                out.append(RunRequest("lm", sft, seed, "train_sft"))
         else:
             out.append(RunRequest("lm", config, seed, "train_rl"))
-            out.append(RunRequest("lm", lm.preset(m.SFT_PRESET), seed, "train_sft"))
+            out.append(RunRequest("lm", tier.preset(lm, m.SFT_PRESET), seed, "train_sft"))
     return out
 
 

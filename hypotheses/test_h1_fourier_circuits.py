@@ -56,6 +56,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
+from hypotheses import tier
 from hypotheses.compute import on_cpu, to_device
 from leaderboard.records import SUPERSEDED_V1
 from metrics.clustering import spectral_partition
@@ -73,9 +74,9 @@ SUPERSEDED_CLAIMS = ("H1c",)
 
 MLP_PRESET = "lin2025_mlp"
 TRANSFORMER_PRESET = "lin2025_transformer"
-SEEDS = (0, 1, 2)
+SEEDS = tier.seeds(0, 1, 2)
 # Claims v2 (part 1): seeds 0-2 were spent diagnosing v1, so v2 is judged on unseen seeds.
-CONFIRMATORY_SEEDS = (3, 4, 5)
+CONFIRMATORY_SEEDS = tier.seeds(3, 4, 5)
 DIAGNOSTIC_NOTE = "seed spent diagnosing v1; not confirmatory"
 
 # Pre-registered thresholds (foundation issue, "Claim H1").
@@ -196,7 +197,7 @@ MLP_SEEDS = [pytest.param(s, marks=pytest.mark.xdist_group(f"mlp-{s}")) for s in
 
 @lru_cache(maxsize=8)
 def _mlp(seed: int):
-    run = modadd.train(modadd.preset(MLP_PRESET), seed)
+    run = modadd.train(tier.preset(modadd, MLP_PRESET), seed)
     return run, mlp_layer_kernels(run.final_model()), mlp_layer_kernels(run.model_at(0))
 
 
@@ -377,7 +378,7 @@ def _role(seed: int) -> dict[str, str]:
 
 @pytest.mark.parametrize("seed", H1C_PRIME_SEEDS)
 def test_h1c_prime_circuits_from_centred_unit_kernels(seed, record):
-    run = modadd.train(modadd.preset(MLP_PRESET), seed)
+    run = modadd.train(tier.preset(modadd, MLP_PRESET), seed)
     trained = run.final_model()
     truth = modadd.neuron_frequencies(trained)
     labels, k = h1c_prime_partition(h1c_gram(trained))
@@ -404,7 +405,7 @@ TRANSFORMER_SEEDS = [
 @pytest.mark.parametrize("seed", TRANSFORMER_SEEDS)
 def test_h1c_prime_on_transformer_mlp_neurons(seed, record):
     """H1c′ on a second architecture (recorded, never gating)."""
-    run = modadd.train(modadd.preset(TRANSFORMER_PRESET), seed)
+    run = modadd.train(tier.preset(modadd, TRANSFORMER_PRESET), seed)
     trained = run.final_model()
     truth = modadd.neuron_frequencies(trained)
     key = modadd.key_frequencies(trained)

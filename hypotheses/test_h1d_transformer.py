@@ -41,6 +41,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hypotheses import tier
 from hypotheses.compute import to_device
 from metrics.entk import entk
 from metrics.spectra import eigh_sorted, orthonormal_basis, overlap_chance, subspace_overlap
@@ -56,7 +57,7 @@ EXPLORATORY_CLAIMS = ("H1d",) if H1D_ROLE == "exploratory" else ()
 
 TRANSFORMER_PRESET = "lin2025_transformer"  # the paper's network
 NANDA_PRESET = "nanda2023_p29"  # Nanda et al.'s network in the same setting
-SEEDS = (0, 1, 2)
+SEEDS = tier.seeds(0, 1, 2)
 
 # Pre-registered threshold (foundation issue, "Claim H1").
 H1D_KEY_SUM_MIN = 0.90
@@ -149,7 +150,7 @@ H1D_CASES = [
 
 @pytest.mark.parametrize("preset, seed", H1D_CASES)
 def test_h1d_transformer_key_frequency_sum_modes(preset, seed, record):
-    run = modadd.train(modadd.preset(preset), seed)
+    run = modadd.train(tier.preset(modadd, preset), seed)
     trained, initial = run.final_model(), run.model_at(0)
     p = run.config.p
     kernel, init_kernel = unembed_kernel(trained), unembed_kernel(initial)

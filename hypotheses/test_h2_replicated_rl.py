@@ -56,6 +56,7 @@ import pandas as pd
 import pytest
 import torch
 
+from hypotheses import tier
 from hypotheses.compute import to_device
 from hypotheses.test_h2_rl_stationarity import (
     CONTINUE_PRESET,
@@ -76,8 +77,8 @@ from testbeds import lm
 GATING_CLAIMS = ()  # see tests/test_gate.py
 EXPLORATORY_CLAIMS = ("H2a′", "H2b′", "H2c′", "H2d′")
 
-SEEDS = (3, 4, 5)  # confirmatory: v1 was looked at on 0, 1, 2
-REPLICATES = (0, 1, 2)
+SEEDS = tier.seeds(3, 4, 5)  # confirmatory: v1 was looked at on 0, 1, 2
+REPLICATES = tier.seeds(0, 1, 2)
 # Pre-registered (claims v2, part 2, "H2′").
 MAX_GAP_INDEX = 32
 H2A_OVERLAP_MIN = 0.95
@@ -154,7 +155,7 @@ def bootstrap_ratio_interval(
 
 
 def kernel(model) -> torch.Tensor:
-    config = lm.preset(RL_PRESET)
+    config = tier.preset(lm, RL_PRESET)
     prompts = lm.probe_prompts(config.base.language, config.prompt_len).tokens
     readout, prompts = to_device(lm.LastTokenLogProbs(model), prompts)
     return entk(readout, prompts, output="trace").cpu().double()
@@ -174,14 +175,14 @@ def trait_change(before: GMatrix, after: GMatrix) -> dict[str, float]:
 
 def analyse(seed: int) -> dict:
     """Every kernel statistic of one pretrained seed (module docstring)."""
-    config = lm.preset(RL_PRESET)
+    config = tier.preset(lm, RL_PRESET)
     before = lm.train(config.base, seed).final_model()
     K0 = kernel(before)
     k_star, gap = gap_position(K0)  # fixed before any fine-tuned kernel is formed
     battery = lm.trait_battery(config.base.language, config.reward)
     g_before = trait_g(before, battery)
     rows = []
-    continued = lm.train_continue(lm.preset(CONTINUE_PRESET), seed).final_model()
+    continued = lm.train_continue(tier.preset(lm, CONTINUE_PRESET), seed).final_model()
     rows.append(
         {
             "condition": "continue",
@@ -194,7 +195,7 @@ def analyse(seed: int) -> dict:
         rl_config = config.replace(replicate=r)
         rl_run = lm.train_rl(rl_config, seed)
         rl = rl_run.final_model()
-        sft_run = lm.train_sft(lm.preset(SFT_PRESET, rl=rl_config), seed)
+        sft_run = lm.train_sft(tier.preset(lm, SFT_PRESET, rl=rl_config), seed)
         generator = torch.Generator().manual_seed(
             seed + PERTURBATION_SEED + REPLICATE_PERTURBATION * r
         )
@@ -282,7 +283,7 @@ def _rounded(frame: pd.DataFrame) -> list[dict]:
 def test_h2_v2_rl_is_an_eigenvalue_operation(seed, record):
     a = analyse(seed)
     v = verdicts(a["frame"], seed)
-    config = lm.preset(RL_PRESET)
+    config = tier.preset(lm, RL_PRESET)
     extra = {"k_star": a["k_star"], "gap_ratio": a["gap"], **v, "rows": _rounded(a["frame"])}
     common = dict(
         testbed=lm.TESTBED, preset=RL_PRESET, seed=seed, config=config, role="exploratory",

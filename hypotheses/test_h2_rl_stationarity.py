@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import adjusted_rand_score
 
+from hypotheses import tier
 from leaderboard.records import results_dir
 from metrics.entk import entk
 from metrics.gmatrix import GMatrix, g_matrix, trait_jacobian
@@ -60,7 +61,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 GATING_CLAIMS = ()  # see tests/test_gate.py
 SUPERSEDED_CLAIMS = ("H2a", "H2b", "H2c", "H2d")  # by H2a′–H2d′, test_h2_replicated_rl.py
 V1_NOTE = "v1 — k = 16 sits in no spectral gap; one run per arm (see H2′)"
-SEEDS = (0, 1, 2)
+SEEDS = tier.seeds(0, 1, 2)
 RL_PRESET, SFT_PRESET, CONTINUE_PRESET = "lm_rl", "lm_sft", "lm_continue"
 
 # Pre-registered (small-LM issue, "Claim H2").
@@ -97,12 +98,12 @@ def sequence_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def analyse(seed: int) -> Analysis:
-    config = lm.preset(RL_PRESET)
+    config = tier.preset(lm, RL_PRESET)
     base_run = lm.train(config.base, seed)
     runs = {
         "rl": lm.train_rl(config, seed),
-        "sft": lm.train_sft(lm.preset(SFT_PRESET), seed),
-        "continue": lm.train_continue(lm.preset(CONTINUE_PRESET), seed),
+        "sft": lm.train_sft(tier.preset(lm, SFT_PRESET), seed),
+        "continue": lm.train_continue(tier.preset(lm, CONTINUE_PRESET), seed),
     }
     before = base_run.final_model()
     models = {name: run.final_model() for name, run in runs.items()}
@@ -232,7 +233,7 @@ def record_h2a_eigenvectors_hold_still(a: Analysis, record) -> None:
         testbed=lm.TESTBED,
         preset=RL_PRESET,
         seed=seed,
-        config=lm.preset(RL_PRESET),
+        config=tier.preset(lm, RL_PRESET),
         role="superseded",
         note=V1_NOTE,
         statistic="top16_entk_overlap_before_after_rl",
@@ -253,7 +254,7 @@ def record_h2b_eigenvalues_retune(a: Analysis, record) -> None:
         testbed=lm.TESTBED,
         preset=RL_PRESET,
         seed=seed,
-        config=lm.preset(RL_PRESET),
+        config=tier.preset(lm, RL_PRESET),
         role="superseded",
         note=V1_NOTE,
         statistic="median_abs_log_rayleigh_ratio_rl",
@@ -277,7 +278,7 @@ def record_h2c_rl_preserves_more_than_sft(a: Analysis, record) -> None:
         testbed=lm.TESTBED,
         preset=RL_PRESET,
         seed=seed,
-        config=lm.preset(RL_PRESET),
+        config=tier.preset(lm, RL_PRESET),
         role="superseded",
         note=V1_NOTE,
         statistic="overlap_rl_minus_overlap_sft",
@@ -319,7 +320,7 @@ def record_h2d_trait_g_matrix(a: Analysis, record) -> None:
         testbed=lm.TESTBED,
         preset=RL_PRESET,
         seed=seed,
-        config=lm.preset(RL_PRESET),
+        config=tier.preset(lm, RL_PRESET),
         role="superseded",
         note=V1_NOTE,
         extra=extra,

@@ -44,6 +44,7 @@ import pandas as pd
 import pytest
 import torch
 
+from hypotheses import tier
 from leaderboard.records import results_dir
 from metrics.noise import GradientNoise
 from testbeds import modadd
@@ -56,7 +57,7 @@ SUPERSEDED_CLAIMS = ("H3b",)  # by H3b′, test_h3b_censored_half_lives.py
 H3B_V1_NOTE = "v1 — checkpoint before generalisation; censored times read as values (see H3b′)"
 
 PRESET = "doshi2023_mlp"
-SEEDS = (0, 1, 2)
+SEEDS = tier.seeds(0, 1, 2)
 
 # Pre-registered thresholds (curvature / noise-covariance issue, "Claim H3").
 H3A_SNR_RATIO_MIN = 3.0
@@ -118,7 +119,7 @@ def h3a_statistics(model, config: modadd.Config, seed: int) -> dict:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_h3a_memorising_circuit_snr(seed, record):
-    config = modadd.preset(PRESET)
+    config = tier.preset(modadd, PRESET)
     run = modadd.train(config, seed)
     epoch = fit_checkpoint(run)
     stats = h3a_statistics(run.model_at(epoch), config, seed)
@@ -212,7 +213,7 @@ def plot_h3b(runs: dict[str, pd.DataFrame], seed: int, path) -> None:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_h3b_noise_kills_memorising_circuit(seed, record):
-    config = modadd.preset(PRESET)
+    config = tier.preset(modadd, PRESET)
     run = modadd.train(config, seed)
     epoch = fit_checkpoint(run)
     runs = h3b_trajectories(run.model_at(epoch), config, seed)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 
+from hypotheses import tier
 from hypotheses.test_h3_memorisation_noise import (
     PRESET,
     final_values,
@@ -54,7 +55,7 @@ from testbeds import modadd
 GATING_CLAIMS = ()  # see tests/test_gate.py
 EXPLORATORY_CLAIMS = ("H3b′",)
 
-SEEDS = (3, 4, 5)  # confirmatory: v1 was looked at on 0, 1, 2
+SEEDS = tier.seeds(3, 4, 5)  # confirmatory: v1 was looked at on 0, 1, 2
 # Pre-registered (claims v2, part 2, "H3b′").
 BUDGET = 6000
 TEST_ACC_MIN = 0.90
@@ -96,7 +97,7 @@ def censored_ratio(full: tuple[int, bool], minibatch: tuple[int, bool], budget: 
 
 def seed_outcome(seed: int) -> dict:
     """Everything H3b′ records for one confirmatory seed."""
-    config = modadd.preset(PRESET)
+    config = tier.preset(modadd, PRESET)
     run = modadd.train(config, seed)
     epoch = both_circuits_checkpoint(run)
     if epoch is None:
@@ -154,7 +155,7 @@ def test_h3b_v2_noise_kills_memorising_circuit(record):
         else:
             record(kind="diagnostic", value=math.nan, control_value=control, **common)
     record(
-        claim="H3b′", testbed="modadd", preset=PRESET, seed=-1, config=modadd.preset(PRESET),
+        claim="H3b′", testbed="modadd", preset=PRESET, seed=-1, config=tier.preset(modadd, PRESET),
         statistic="decided_confirmatory_seeds", value=decided, threshold=MIN_DECIDED,
         comparison=">=", role="exploratory", note=NOTE, extra={"seeds": list(SEEDS)},
     )  # fmt: skip

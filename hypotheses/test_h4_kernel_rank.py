@@ -34,6 +34,7 @@ import torch
 from scipy.stats import spearmanr
 
 import testbeds
+from hypotheses import tier
 from hypotheses.trajectories import (
     LM_PRESET,
     SEEDS,
@@ -115,7 +116,7 @@ def plot(frame: pd.DataFrame, run, preset: str, secondary_axis: str, path) -> No
 @pytest.mark.parametrize("preset", list(TESTBEDS))
 def test_h4_kernel_rank_climbs(preset, seed, record):
     name, secondary_axis = TESTBEDS[preset]
-    run = testbeds.get(name).train(preset, seed)
+    run = testbeds.get(name).train(tier.preset(name, preset), seed)
     config = run.config
     frame = trajectory(run, preset)
     verdict = rank_verdict(frame)

@@ -33,6 +33,7 @@ import torch
 from scipy.stats import spearmanr
 
 import testbeds
+from hypotheses import tier
 from hypotheses.compute import to_device
 from hypotheses.test_h4_kernel_rank import PERTURBATION_SEED, TESTBEDS
 from hypotheses.trajectories import PLANS, plots_dir, probe_for, rank_statistics, thinned
@@ -44,7 +45,7 @@ from testbeds.trajectory import map_checkpoints, metric_series
 GATING_CLAIMS = ()  # see tests/test_gate.py
 EXPLORATORY_CLAIMS = ("H4′",)
 
-SEEDS = (3, 4, 5)  # confirmatory: v1 was looked at on 0, 1, 2
+SEEDS = tier.seeds(3, 4, 5)  # confirmatory: v1 was looked at on 0, 1, 2
 # Pre-registered (claims v2, part 2, "H4′"): H4's thresholds, the ratio relative to its control.
 SPEARMAN_MIN = 0.8
 RELATIVE_RATIO_MIN = 1.5
@@ -94,7 +95,7 @@ def h4_v2_statistics(run, preset: str, seed: int) -> dict[str, float]:
 @pytest.mark.parametrize("preset", list(TESTBEDS))
 def test_h4_v2_rank_climbs_above_a_random_move(preset, seed, record):
     name, _ = TESTBEDS[preset]
-    run = testbeds.get(name).train(preset, seed)
+    run = testbeds.get(name).train(tier.preset(name, preset), seed)
     stats = h4_v2_statistics(run, preset, seed)
     erank_trajectory(run, preset).to_csv(
         plots_dir("H4_v2") / f"{preset}_seed{seed}.csv", index=False

@@ -31,6 +31,7 @@ import math
 import pandas as pd
 import pytest
 
+from hypotheses import tier
 from hypotheses.compute import to_device
 from hypotheses.test_h1_fourier_circuits import cliff, family_bases
 from hypotheses.trajectories import SEEDS, plots_dir
@@ -52,7 +53,7 @@ VERSION = "1"
 
 
 def config(train_fraction: float | None = None) -> modadd.Config:
-    base = modadd.preset(PRESET)
+    base = tier.preset(modadd, PRESET)
     changes = {"checkpoints": tuple(range(0, base.epochs + 1, EVERY))}
     if train_fraction is not None:
         changes["train_fraction"] = train_fraction
@@ -61,7 +62,7 @@ def config(train_fraction: float | None = None) -> modadd.Config:
 
 def spectrum_metric(p: int):
     """Second-cliff overlaps and log λ_{F+1} of a checkpoint's trace eNTK."""
-    inputs = modadd.probe_inputs(modadd.preset(PRESET))
+    inputs = modadd.probe_inputs(tier.preset(modadd, PRESET))
     bases = family_bases(p)
     F = 2 * (p - 1)
 

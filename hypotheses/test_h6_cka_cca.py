@@ -28,6 +28,7 @@ import pandas as pd
 import pytest
 from scipy.stats import kendalltau
 
+from hypotheses import tier
 from hypotheses.trajectories import SEEDS, plots_dir, trajectory
 from testbeds import modadd
 from testbeds.trajectory import plot_trajectory
@@ -93,7 +94,7 @@ def plot(frame: pd.DataFrame, run, preset: str, path) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_h6_cka_and_cca_agree(preset, seed, record):
-    config = modadd.preset(preset)
+    config = tier.preset(modadd, preset)
     run = modadd.train(config, seed)
     frame = trajectory(run, preset)
     items = paired_similarities(frame)

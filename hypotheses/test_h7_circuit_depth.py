@@ -36,6 +36,7 @@ import re
 import pytest
 from scipy.stats import spearmanr
 
+from hypotheses import tier
 from hypotheses.coalitions import TREE_KINDS, depth_profiles, series, unit_trees
 from hypotheses.trajectories import SEEDS, plots_dir
 from leaderboard.records import results_dir
@@ -168,7 +169,7 @@ def record_verdict(record, verdict, extra, common, growth: bool) -> None:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_h7_circuit_depth_rises(seed, record):
-    config = modadd.preset(PRESET)
+    config = tier.preset(modadd, PRESET)
     run = modadd.train(config, seed)
     trees = unit_trees(run)
     frame = depth_profiles(run, trees)
@@ -191,7 +192,7 @@ def test_h7_circuit_depth_rises(seed, record):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_h7_transformer_recorded(seed, record):
     """The same statistics on the transformer; recorded and plotted, not asserted."""
-    config = modadd.preset(TRANSFORMER)
+    config = tier.preset(modadd, TRANSFORMER)
     run = modadd.train(config, seed)
     trees = unit_trees(run)
     frame = depth_profiles(run, trees)

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from hypotheses import tier
 from hypotheses.circuit_depth import (
     CIRCUITS,
     EXAMPLES,
@@ -70,7 +71,7 @@ from testbeds.trajectory import map_checkpoints
 
 GATING_CLAIMS = ("H7′",)  # see tests/test_gate.py; gate tests in tests/test_circuit_depth.py
 
-SEEDS = (3, 4, 5)  # confirmatory: v1 was looked at on 0, 1, 2
+SEEDS = tier.seeds(3, 4, 5)  # confirmatory: v1 was looked at on 0, 1, 2
 PRESETS = ("doshi2023_mlp", "lin2025_transformer")
 PAIRWISE = "lin2025_mlp"
 # Pre-registered (claims v2, part 2, "H7′"): see the module docstring.
@@ -137,7 +138,7 @@ def per_pair(frame) -> dict[str, list[float]]:
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_h7p_resolution_depth(preset, seed, record):
-    config = modadd.preset(preset)
+    config = tier.preset(modadd, preset)
     run = modadd.train(config, seed)
     tree = unit_trees(run, ("entk",))["entk"]
     frame = update_values(run, tree)
@@ -176,7 +177,7 @@ def test_h7p_resolution_depth(preset, seed, record):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_h7p_pairwise_case_recorded(seed, record):
     """``lin2025_mlp``: the third-order mass of an exactly pairwise game (0 up to rounding)."""
-    config = modadd.preset(PAIRWISE)
+    config = tier.preset(modadd, PAIRWISE)
     run = modadd.train(config, seed)
     values = per_pair(update_values(run, None, depth=False))
     record(

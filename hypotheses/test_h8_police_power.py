@@ -42,6 +42,7 @@ import pytest
 import torch
 from torch import nn
 
+from hypotheses import tier
 from hypotheses.coalitions import players, training_set, unit_trees
 from hypotheses.police_power import (
     Curvature,
@@ -63,8 +64,8 @@ from testbeds.trajectory import map_checkpoints
 GATING_CLAIMS = ()  # see tests/test_gate.py
 EXPLORATORY_CLAIMS = ("H8′",)
 
-SEEDS = (3, 4, 5)  # confirmatory: v1 was looked at on 0, 1, 2
-POWER_SEED = 0
+SEEDS = tier.seeds(3, 4, 5)  # confirmatory: v1 was looked at on 0, 1, 2
+POWER_SEED = tier.seeds(0)[0]
 PRESETS = ("lin2025_mlp", "doshi2023_mlp")
 # Pre-registered (claims v2, part 2, "H8′"): see the module docstring.
 LEVELS = (1, 2, 3, 4, 5, 6, 7)
@@ -171,7 +172,7 @@ def level_power(table: dict[str, float], level: int) -> float:
 @pytest.mark.parametrize("preset", PRESETS)
 def test_h8p_power_recorded(preset, record):
     """The planted hit rates on seed 0, one record per level (best size), the table beside."""
-    config = modadd.preset(preset)
+    config = tier.preset(modadd, preset)
     run = modadd.train(config, POWER_SEED)
     table = power(run)
     out = plots_dir("H8_v2")
@@ -228,7 +229,7 @@ def test_h8p_power_recorded(preset, record):
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_h8p_police_sectors(preset, seed, record):
-    config = modadd.preset(preset)
+    config = tier.preset(modadd, preset)
     table = power(modadd.train(config, POWER_SEED))
     run = modadd.train(config, seed)
     tree = unit_trees(run, ("entk",))["entk"]
@@ -274,7 +275,7 @@ def test_h8p_police_sectors(preset, seed, record):
 
 # ---- the hand-built network built to pass --------------------------------------------------
 
-HAND_BUILT_SEEDS = (0, 1, 2)
+HAND_BUILT_SEEDS = tier.seeds(0, 1, 2)
 HAND_BUILT_UNITS = 32
 HAND_BUILT_WIDTHS = (2, 4, 8)
 HAND_BUILT_LEVELS = (1, 2, 3, 4, 5)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hypotheses import tier
 from hypotheses.coalitions import players, sectors, training_set, unit_trees
 from hypotheses.trajectories import SEEDS, plots_dir
 from metrics.hierarchy import Tree
@@ -63,7 +64,7 @@ def scores(run, tree: Tree):
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_h8_police_sectors_exist(preset, seed, record):
-    config = modadd.preset(preset)
+    config = tier.preset(modadd, preset)
     run = modadd.train(config, seed)
     tree = unit_trees(run, ("entk",))["entk"]
     U = tree.n_leaves

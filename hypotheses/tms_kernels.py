@@ -25,6 +25,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from hypotheses import tier
 from leaderboard.records import results_dir
 from metrics.alignment import centered_alignment
 from metrics.eigensolvers import Eigenpairs, top_eigenpairs
@@ -33,7 +34,7 @@ from metrics.spectra import largest_cliff, spectral_cliffs
 from testbeds import tms
 
 PRESETS = ("lin2025_tms_m10_s0.3", "lin2025_tms_m10_s0.9", "lin2025_tms_m40_s0.9")
-SEEDS = (0, 1, 2)
+SEEDS = tier.seeds(0, 1, 2)
 BETA = 1.0  # the pre-registered importance rescaling ("β = 1 principled")
 REPORTED_BETA = 0.3  # "β = 0.3 also reported" (not gating)
 UNSCALED_BETA = 0.0  # the plain flattened eNTK, whose spectrum Lin 2025 plots (not gating)
@@ -60,7 +61,7 @@ class Setting:
 
 @lru_cache(maxsize=16)
 def setting(preset: str, seed: int) -> Setting:
-    config = tms.preset(preset)
+    config = tier.preset(tms, preset)
     run = tms.train(config, seed)
     inputs = tms.probe_inputs(config, seed)
     return Setting(config, run, inputs, tms.ground_truth(run.final_model(), inputs))
@@ -122,8 +123,9 @@ def channel_baseline(truth: tms.GroundTruth) -> torch.Tensor:
 
 
 # ---- T1′ and T2′ (claims v2, part 1) --------------------------------------------------------
-V2_SEEDS = (0, 1, 2, 3, 4, 5)
-CONFIRMATORY_SEEDS = (3, 4, 5)  # never looked at before v2 was registered (SCIENCE.md rule 10)
+V2_SEEDS = tier.seeds(0, 1, 2, 3, 4, 5)
+# never looked at before v2 was registered (SCIENCE.md rule 10)
+CONFIRMATORY_SEEDS = tier.seeds(3, 4, 5)
 DIAGNOSTIC_NOTE = "seed spent diagnosing v1; not confirmatory"
 PLANTED_NOTE = "hand-built networks on this seed's inputs; never gating here (tests/ gate them)"
 PLANTED = ("identity_dead", "identity_alive", "antipodal_dead", "antipodal_alive")
@@ -199,7 +201,7 @@ def represented_auroc(rho: torch.Tensor, represented: torch.Tensor) -> float:
 @lru_cache(maxsize=32)
 def preset_inputs(preset: str, seed: int) -> torch.Tensor:
     """The preset's fixed dataset of ``seed`` (N, n), without training anything."""
-    return tms.probe_inputs(tms.preset(preset), seed)
+    return tms.probe_inputs(tier.preset(tms, preset), seed)
 
 
 @lru_cache(maxsize=256)
@@ -207,14 +209,16 @@ def alignments(preset: str, seed: int, which: str) -> torch.Tensor:
     """ρ (n,) of the trained / init network of (preset, seed), or of a hand-built network
     (:data:`PLANTED`, no training needed) on the seed's inputs."""
     if which in PLANTED:
-        model = planted_model(tms.preset(preset), which)
+        model = planted_model(tier.preset(tms, preset), which)
     else:
         model = model_of(setting(preset, seed), which)
     return feature_alignments(model, preset_inputs(preset, seed))
 
 
 def planted_truth(preset: str, seed: int, kind: str) -> tms.GroundTruth:
-    return tms.ground_truth(planted_model(tms.preset(preset), kind), preset_inputs(preset, seed))
+    return tms.ground_truth(
+        planted_model(tier.preset(tms, preset), kind), preset_inputs(preset, seed)
+    )
 
 
 # ---- plot -------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 import testbeds
+from hypotheses import tier
 from hypotheses.compute import on_cpu, to_device
 from leaderboard.records import results_dir
 from metrics.entk import entk
@@ -42,7 +43,7 @@ from testbeds.contract import Probe
 from testbeds.runs import Run
 from testbeds.trajectory import map_checkpoints
 
-SEEDS = (0, 1, 2)
+SEEDS = tier.seeds(0, 1, 2)
 SPARSE_TMS_PRESET = "lin2025_tms_m10_s0.9"  # m = 10 < n = 50 with S = 0.9: superposition
 LM_PRESET = "lm_pretrain"
 THIN_EVERY = 3  # transformer and LM: every third checkpoint (plus the last)

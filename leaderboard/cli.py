@@ -6,7 +6,7 @@
                          [--force] [--timeout S] [--no-plots] [--quiet]
     ntkbench report [--check [--strict]] [--records FILE] [--root DIR] [FILE …]
     ntkbench list [--plugin FILE]
-    ntkbench run [--tier default|large] [--executor local|slurm] [--jobs N] [--claims FILE …]
+    ntkbench run [--tier quick|default|large] [--executor local|slurm] [--jobs N] [--claims FILE …]
                  [--select EXPR] [--no-leaderboard] [--slurm-config FILE] [--partition P]
                  [--time-min M] [--cpus-per-task C] [--gpus G] [--wandb MODE] [--dry-run]
 
@@ -62,6 +62,7 @@ import testbeds
 from leaderboard import api, generate, report
 from leaderboard.folders import check_folders
 from leaderboard.records import (
+    RESULTS_ENV,
     Record,
     claim_records,
     claims_frame,
@@ -560,9 +561,10 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--tier",
-        choices=("default", "large"),
-        default="default",
-        help="default: the CPU claims and the leaderboard; large: p = 113 (GPU)",
+        choices=("quick", "default", "large"),
+        help="(default: $NTKBENCH_TIER, else default) quick: every claim on one seed and "
+        "smoke-sized presets, never a verdict (records in results/quick/); default: the CPU "
+        "claims and the leaderboard; large: p = 113 (GPU)",
     )
     run.add_argument(
         "--executor",
@@ -607,6 +609,18 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--jobs must be ≥ 1, got {args.jobs}")
     if args.seeds < 1:
         parser.error(f"--seeds must be ≥ 1, got {args.seeds}")
+    graph.importable()
+    from hypotheses.tier import QUICK_RESULTS, TIER_ENV
+
+    chosen = os.environ.get(TIER_ENV, "").strip()
+    if chosen and args.tier and chosen != args.tier:
+        parser.error(f"--tier {args.tier} contradicts {TIER_ENV}={chosen}; unset one of them")
+    args.tier = args.tier or chosen or "default"
+    if args.tier not in graph.TIERS:
+        parser.error(f"{TIER_ENV} must be one of {list(graph.TIERS)}, got {TIER_ENV}={chosen!r}")
+    os.environ[TIER_ENV] = args.tier
+    if args.tier == "quick" and not os.environ.get(RESULTS_ENV, "").strip():
+        os.environ[RESULTS_ENV] = QUICK_RESULTS  # a smoke run never mixes with the verdicts
     problem = check_folders()
     if problem:
         print(f"ntkbench run: error: {problem}", file=sys.stderr)

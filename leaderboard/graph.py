@@ -28,6 +28,7 @@ cache directory must be on a filesystem every node sees). Each job's output goes
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -46,10 +47,10 @@ from typing import Any
 
 from testbeds.runs import cache_dir
 
-TIERS = ("default", "large")
+TIERS = ("quick", "default", "large")
 KINDS = ("train", "trajectory", "claim", "task")
 # the pytest marker expression of each tier's claim checks
-TIER_MARKERS = {"default": "not large", "large": "large"}
+TIER_MARKERS = {"quick": "not large", "default": "not large", "large": "large"}
 # a first guess of a job's seconds when it has never run (longest first needs a number)
 GUESS = {"train": 60.0, "trajectory": 120.0, "claim": 300.0, "task": 60.0}
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,12 +116,23 @@ def build(
     """The graph of a tier: every run and trajectory the claim modules read, the claim
     modules, and (``leaderboard=True``, default tier) the leaderboard tasks over ``seeds``
     seeds. ``claims`` restricts it to some claim modules (paths or file names); ``select`` adds
-    a ``-k`` expression to the claim jobs (only the checks it selects run)."""
+    a ``-k`` expression to the claim jobs (only the checks it selects run).
+
+    The quick tier is every claim of the default tier on one seed and smoke-sized presets
+    (:mod:`hypotheses.tier`), without the leaderboard: its train jobs hold the smoke-sized
+    configs and its claim jobs run under ``NTKBENCH_TIER=quick``."""
     importable()
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {list(TIERS)}, got tier={tier!r}")
+    from hypotheses.tier import using
+
+    with using(tier):
+        return _build(tier, claims, leaderboard, select, seeds)
+
+
+def _build(tier, claims, leaderboard, select, seeds) -> list[Job]:
     from hypotheses import plan
 
-    if tier not in TIERS:
-        raise ValueError(f"tier must be one of {TIERS}, got tier={tier!r}")
     modules = plan.claim_modules()
     if claims is not None:
         wanted = {Path(c).name for c in claims}
@@ -137,17 +149,22 @@ def build(
 
     def train_job(request) -> str:
         name = f"train {request.label}"
-        jobs.setdefault(name, Job("train", name, request))
+        # the config itself, not a preset name: a worker may run under another tier
+        resolved = dataclasses.replace(request, config=request.resolved())
+        jobs.setdefault(name, Job("train", name, resolved))
         return name
 
     for module in modules:
         needs = [train_job(r) for r in plan.runs(module)]
         for request in plan.trajectories(module):
             name = request.label
-            jobs.setdefault(name, Job("trajectory", name, request, (train_job(request.run),)))
+            run = dataclasses.replace(request.run, config=request.run.resolved())
+            target = dataclasses.replace(request, run=run)
+            jobs.setdefault(name, Job("trajectory", name, target, (train_job(request.run),)))
             needs.append(name)
         name = f"claim {module.stem.removeprefix('test_')}"
-        options = {"marker": TIER_MARKERS[tier], "select": select}
+        name += " (quick)" if tier == "quick" else ""
+        options = {"marker": TIER_MARKERS[tier], "select": select, "tier": tier}
         jobs[name] = Job("claim", name, str(module), tuple(dict.fromkeys(needs)), options)
     if leaderboard and tier == "default":
         from leaderboard import api
@@ -269,6 +286,13 @@ def _trajectory_files(run, preset: str) -> int:
 
 
 def _run_claim(job: Job, log: Path, threads: int):
+    from hypotheses.tier import using
+
+    with using(job.options.get("tier", "default")):
+        return _run_claim_module(job, log, threads)
+
+
+def _run_claim_module(job: Job, log: Path, threads: int):
     from hypotheses import claim_cache
 
     module = Path(job.target)

@@ -45,8 +45,10 @@ STATUSES = ("ok", "failed", "n/a")
 #                   verdict; ``note`` says why it was replaced;
 # * "exploratory" — no hand-built network passes the statistic yet, so it cannot gate;
 # * "diagnostic"  — recorded beside a claim and never gating (seeds spent on diagnosing an
-#                   instrument, robustness variants, second architectures).
-ROLES = ("gating", "superseded", "exploratory", "diagnostic")
+#                   instrument, robustness variants, second architectures);
+# * "smoke"       — computed by the quick tier (``hypotheses.tier``): smoke-sized runs on one seed
+#                   that show the code runs; never a verdict.
+ROLES = ("gating", "superseded", "exploratory", "diagnostic", "smoke")
 SUPERSEDED_V1 = "v1 — instrument fails its planted positive (see README)"
 
 
@@ -334,10 +336,12 @@ def criterion(group: pd.DataFrame) -> str:
 
 def verdict(group: pd.DataFrame) -> str:
     """ "pass" when every claim check among the records passed, "FAIL" when one did not, "–"
-    when there is none (diagnostics only)."""
+    when there is none (diagnostics only), "smoke" for the quick tier's records."""
     judged = checks(group)
     if judged.empty:
         return "–"
+    if "role" in judged and (judged["role"] == "smoke").all():
+        return "smoke"
     return "pass" if judged["passed"].map(lambda v: v is True or v == 1.0).all() else "FAIL"
 
 
