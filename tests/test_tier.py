@@ -197,3 +197,21 @@ def test_quick_job_names_never_collide_with_the_default_ones():
     """Durations and logs are kept by job name: the tiers must not share one."""
     quick = {j.name for j in graph.build("quick")}
     assert not quick & {j.name for j in graph.build("default")}
+
+
+def test_claim_modules_read_seeds_and_presets_through_the_tier():
+    """A claim that names a seed tuple or a preset directly would run at full size in the quick
+    tier; claim modules (and the helpers they share) use ``tier.seeds`` and ``tier.preset``."""
+    import re
+
+    helpers = [ROOT / "hypotheses" / f"{h}.py" for h in plan.SEED_HELPERS]
+    offenders = []
+    for path in [*plan.claim_modules(), *helpers]:
+        if "pytestmark = pytest.mark.large" in path.read_text():
+            continue  # the large tier has no quick variant
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.match(r"\s*\w*(SEEDS|REPLICATES)\s*=\s*\(", line) or re.search(
+                r"\b(modadd|lm|tms)\.preset\(|testbeds\.get\([^)]*\)\.preset\(", line
+            ):
+                offenders.append(f"{path.name}:{number}: {line.strip()}")
+    assert not offenders, offenders
