@@ -6,6 +6,9 @@ constants and helpers, so a seed or preset changed there changes the plan too);
 (:func:`hypotheses.trajectories.trajectory`). :func:`leaderboard.graph.build` turns them into
 training and trajectory jobs that run before the claim modules' jobs.
 
+Presets are resolved through :mod:`hypotheses.tier`, and the claim modules' seed constants
+follow it, so under the quick tier the same functions name the smoke-sized runs on one seed.
+
 A claim module that trains a run this plan does not name still works: the run trains inside its
 claim job, and ``ntkbench run`` reports it (``trained inside``), so the plan can be completed.
 """
