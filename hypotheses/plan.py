@@ -93,20 +93,26 @@ class TrajectoryRequest:
 
 # modules whose seeds or presets claim modules import
 SEED_HELPERS = ("trajectories", "circuit_depth", "tms_kernels", "test_h3_memorisation_noise")
-_IMPORTED_UNDER: dict[str, str] = {}  # claim module → the tier it was (re)loaded under
+TIER_MARK = "_ntkbench_tier"  # the tier a module was last (re)loaded under, set here
+
+
+def _load(name: str):
+    """``hypotheses.<name>``, reloaded unless this module last loaded it under the current tier
+    (its seeds and presets are read at import: :mod:`hypotheses.tier`)."""
+    module = importlib.import_module(f"hypotheses.{name}")
+    now = tier.current()
+    if getattr(module, TIER_MARK, None) != now:
+        module = importlib.reload(module)
+        setattr(module, TIER_MARK, now)
+    return module
 
 
 def _claim(name: str):
-    """The claim module ``name``, reloaded when the tier changed since it was imported (its
-    seeds and presets are read at import: :mod:`hypotheses.tier`)."""
-    module = importlib.import_module(f"hypotheses.{name}")
-    now = tier.current()
-    if _IMPORTED_UNDER.setdefault(name, now) != now:
-        for helper in SEED_HELPERS:
-            importlib.reload(importlib.import_module(f"hypotheses.{helper}"))
-        module = importlib.reload(module)
-        _IMPORTED_UNDER[name] = now
-    return module
+    """The claim module ``name`` with its seeds and presets of the current tier (the helpers it
+    imports them from first)."""
+    for helper in SEED_HELPERS:
+        _load(helper)
+    return _load(name)
 
 
 def _modadd(presets, seeds) -> list[RunRequest]:

@@ -160,8 +160,10 @@ def test_h2_v2_end_to_end_on_tiny_runs(tmp_path, monkeypatch):
         "lm_sft": lm.SFTConfig(rl=TINY_RL, candidates=4, lr=1e-3, check_every=1),
         "lm_continue": lm.ContinueConfig(rl=TINY_RL),
     }
-    monkeypatch.setattr(
-        lm, "preset", lambda name, **kw: dataclasses.replace(tiny[name], **kw) if kw else tiny[name]
+    monkeypatch.setattr(  # the claim reads its presets through hypotheses.tier
+        h2v2.tier,
+        "preset",
+        lambda bed, name, **kw: dataclasses.replace(tiny[name], **kw) if kw else tiny[name],
     )
     a = h2v2.analyse(seed=0)
     frame = a["frame"]

@@ -255,7 +255,7 @@ def test_h3b_v2_seed_outcome_end_to_end_on_a_tiny_run(tmp_path, monkeypatch):
     from hypotheses import test_h3b_censored_half_lives as h3b
 
     monkeypatch.setenv("NTKBENCH_RESULTS", str(tmp_path))
-    monkeypatch.setattr(h3b.modadd, "preset", lambda name: NOISY)
+    monkeypatch.setattr(h3b.tier, "preset", lambda bed, name: NOISY)  # the claim's presets
     monkeypatch.setattr(h3b, "both_circuits_checkpoint", lambda run: run.steps[-1])
     monkeypatch.setattr(h3b, "BUDGET", 30)
     outcome = h3b.seed_outcome(0)
