@@ -41,7 +41,7 @@ from typing import Any
 from leaderboard.records import Record, compare, from_row, results_dir
 from testbeds.loop import device_kind, resolve_device
 from testbeds.runs import TRAINED_ON_ENV, cache_dir, versions
-from testbeds.sources import source_hash
+from testbeds.sources import source_hash, testbed_packages
 
 FORMAT = 1
 RECOMPUTE_ENV = "NTKBENCH_RECOMPUTE"
@@ -79,12 +79,13 @@ def code_hash(path: str | Path) -> str:
     """The code a stored check depends on: its module and every project module it imports,
     every registered testbed package (claims may reach one through ``testbeds.get(name)``,
     which no import names), and the modules that store and replay it."""
-    import testbeds
-
-    beds = [type(testbeds.get(name)).__module__.rsplit(".", 1)[0] for name in testbeds.names()]
     here = Path(__file__).resolve().parent
     return source_hash(
-        Path(path), *beds, Path(__file__), here / "conftest.py", "leaderboard.records"
+        Path(path),
+        *testbed_packages(),
+        Path(__file__),
+        here / "conftest.py",
+        "leaderboard.records",
     )
 
 

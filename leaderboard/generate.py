@@ -45,10 +45,11 @@ provenance have not changed keeps its stamp, so regenerating is idempotent.
 
 ``ntkbench report --check`` regenerates nothing. It exits 1 and names the file, block and
 claims when a generated block was made from records whose code differs from the code now in
-the tree: a claim module's :func:`testbeds.sources.source_hash` (the module and every project
-module it imports: testbeds, metrics, helpers) differs from the recorded ``code_hash``, or the
-records carry no code hash at all, or a score's cache key (method, task, testbed code, config,
-seed, versions) differs from the one it would get now. A block that has never been generated
+the tree: a claim module's :func:`testbeds.sources.claim_source_hash` (the module, every
+project module it imports — testbeds, metrics, helpers — and every registered testbed's
+package) differs from the recorded ``code_hash``, or the records carry no code hash at all, or
+a score's cache key (method, task, testbed code, config, seed, versions) differs from the one
+it would get now. A block that has never been generated
 (no provenance comment) is reported as such and fails the check only with ``--strict``.
 """
 
@@ -78,7 +79,7 @@ from leaderboard.records import (
     read,
     verdict,
 )
-from testbeds.sources import source_hash
+from testbeds.sources import claim_source_hash
 
 TABLES = ("summary", "claims", "seeds", "leaderboard")
 SUMMARY_ROLES = ("gating", "superseded", "exploratory")
@@ -806,7 +807,7 @@ def registry_keys() -> Callable[[str, str, int], str | None]:
 def check(
     files: Sequence[Path],
     root: Path,
-    hasher: Callable[..., str] = source_hash,
+    hasher: Callable[..., str] = claim_source_hash,
     keys: Callable[[str, str, int], str | None] | None = None,
 ) -> list[Finding]:
     """What is stale, unverifiable or not generated in the generated blocks of ``files``."""

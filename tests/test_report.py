@@ -19,7 +19,7 @@ import pytest
 from leaderboard import cli, generate
 from leaderboard.generate import SpecError, find_blocks
 from leaderboard.records import Record, append, read
-from testbeds.sources import source_hash
+from testbeds.sources import claim_source_hash
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -71,7 +71,7 @@ def claim_module(tmp_path: Path, text: str = "first") -> Path:
 
 def write_records(path: Path, module: Path) -> None:
     provenance = dict(
-        git_sha=SHA, source=module.as_posix(), code_hash=source_hash(module), config_hash="c"
+        git_sha=SHA, source=module.as_posix(), code_hash=claim_source_hash(module), config_hash="c"
     )
     common = dict(testbed="t", preset="p", started_at="2026-01-01T00:00:00", **provenance)
     for seed, value in ((0, 0.95), (1, 0.75)):
@@ -207,8 +207,8 @@ def test_report_fills_the_blocks_keeps_the_prose_and_is_idempotent(tree, capsys)
     provenance = summary.provenance
     assert provenance["commits"] == ["0123456"]
     assert {e["claim"]: e["code_hash"] for e in provenance["claims"]} == {
-        "X1": [source_hash(module)],
-        "X2": [source_hash(module)],
+        "X1": [claim_source_hash(module)],
+        "X2": [claim_source_hash(module)],
     }
 
     page = after[root / "docs" / "claims" / "x.md"]
@@ -267,7 +267,7 @@ def test_check_follows_what_the_claim_module_imports(tree, capsys):
     assert not [f for f in unchanged if f.fails]
 
     def hash_after_a_metric_changed(path):
-        return source_hash(path) + "-metrics.spectra-edited"
+        return claim_source_hash(path) + "-metrics.spectra-edited"
 
     findings = generate.check(files, root, hasher=hash_after_a_metric_changed, keys=fake_keys)
     stale = {(f.path.name, f.block) for f in findings if f.problem == "stale"}

@@ -13,7 +13,13 @@ import sys
 import pytest
 
 import testbeds.trajectory
-from testbeds.sources import ROOT, module_dependencies, source_hash
+from testbeds.sources import (
+    ROOT,
+    claim_source_hash,
+    module_dependencies,
+    source_hash,
+    testbed_packages,
+)
 
 
 def test_closure_of_a_known_module():
@@ -104,6 +110,18 @@ def test_hash_is_stable_and_accepts_every_kind_of_target(tmp_path):
         source_hash(3)
     with pytest.raises(ValueError):
         source_hash()
+
+
+def test_claim_hash_covers_testbeds_that_no_import_names(tmp_path):
+    """A claim that reaches a testbed only through ``testbeds.get(name)`` still depends on
+    that testbed's code: its records' hash covers every registered testbed package."""
+    claim = tmp_path / "test_x_claim.py"
+    claim.write_text("import testbeds\n\nbed = testbeds.get('tms')\n", encoding="utf-8")
+    packages = testbed_packages()
+    assert {"testbeds.lm", "testbeds.modadd", "testbeds.tms"} <= set(packages)
+    assert "testbeds.tms.train" not in module_dependencies(claim)  # invisible to its imports
+    assert claim_source_hash(claim) == source_hash(claim, *packages)
+    assert claim_source_hash(claim) != source_hash(claim)
 
 
 def test_hash_of_a_callable_from_a_plugin_file(tmp_path):
