@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_entk.py
 	$(BIN)/python benchmarks/bench_tms_eigs.py
 	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_lm_sampling.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

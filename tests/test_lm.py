@@ -186,6 +186,38 @@ def test_model_is_causal_and_the_readout_is_a_distribution():
         model(torch.zeros(1, 9, dtype=torch.long))
 
 
+def test_incremental_decoding_matches_whole_forward_passes(monkeypatch):
+    model = lm.TinyLM(10, 8, 8, 2, 2, 16).double()  # two blocks: caches per block
+    model.reset_parameters(torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(20.0)
+    tokens = torch.randint(0, 10, (6, 8), generator=torch.Generator().manual_seed(2))
+    caches: list = []
+    with torch.no_grad():
+        for length in (3, 4, 6, 7, 8):  # a prompt, then one or two new tokens per call
+            fast = model.next_token_logits(tokens[:, :length], caches)
+            torch.testing.assert_close(fast, model(tokens[:, :length])[:, -1], rtol=1e-12, atol=0)
+        assert len(caches) == 2 and caches[0]["k"].shape == (6, 8, 8)
+    with pytest.raises(ValueError, match="context"):
+        model.next_token_logits(torch.zeros(1, 9, dtype=torch.long), [])
+
+    prompts = tokens[:, :3]
+    full = lm.sample_continuations(model, prompts, 5, torch.Generator().manual_seed(3), False)
+    fast = lm.sample_continuations(model, prompts, 5, torch.Generator().manual_seed(3), True)
+    assert torch.equal(full, fast) and full.shape == (6, 8)
+
+    # by default only a model whose parameters are all trainable decodes incrementally
+    calls = []
+    original = model.next_token_logits
+    monkeypatch.setattr(model, "next_token_logits", lambda *a: calls.append(1) or original(*a))
+    lm.sample_continuations(model, prompts, 2, torch.Generator().manual_seed(3))
+    assert len(calls) == 2
+    model.unembed.weight.requires_grad_(False)
+    lm.sample_continuations(model, prompts, 2, torch.Generator().manual_seed(3))
+    assert len(calls) == 2
+
+
 def test_entk_of_the_last_token_readout_matches_brute_force():
     model = lm.LastTokenLogProbs(_tiny_model(1, scale=10.0))
     x = torch.randint(0, 10, (6, 5), generator=torch.Generator().manual_seed(1))

@@ -47,6 +47,29 @@ class Block(nn.Module):
         x = x + self.attention(F.layer_norm(x, x.shape[-1:]))
         return x + self.mlp_out(F.gelu(self.mlp_in(F.layer_norm(x, x.shape[-1:]))))
 
+    def extend(self, x: Tensor, cache: dict[str, Tensor]) -> Tensor:
+        """:meth:`forward` of the last positions ``x`` (N, t, d_model) of a sequence whose
+        earlier positions' queries, keys and values are in ``cache`` (updated in place).
+
+        Only the new positions go through the projections and the MLP; the attention
+        products are formed for every position, exactly as in :meth:`forward`, so that the
+        new positions' outputs equal those of the whole sequence's forward pass, bit for bit
+        wherever the projections give each row the same bits whatever the number of rows
+        (trainable weights on MKL's CPU GEMM; see ``sample_continuations``)."""
+        h = F.layer_norm(x, x.shape[-1:])
+        for name, proj in (("q", self.W_Q), ("k", self.W_K), ("v", self.W_V)):
+            new = proj(h)
+            cache[name] = new if name not in cache else torch.cat([cache[name], new], dim=1)
+        n, t, d = cache["q"].shape
+        heads = (n, t, self.n_heads, self.d_head)
+        q, k, v = (cache[name].view(heads) for name in "qkv")
+        scores = torch.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(self.d_head)
+        future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+        pattern = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        z = torch.einsum("nhqk,nkhd->nqhd", pattern, v).reshape(n, t, d)
+        x = x + self.W_O(z[:, t - x.shape[1] :])
+        return x + self.mlp_out(F.gelu(self.mlp_in(F.layer_norm(x, x.shape[-1:]))))
+
 
 class TinyLM(nn.Module):
     """Tokens (N, T) with T ≤ context → next-token logits (N, T, V)."""
@@ -88,6 +111,25 @@ class TinyLM(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.unembed(self.residual(tokens))
+
+    def next_token_logits(self, tokens: Tensor, caches: list[dict[str, Tensor]]) -> Tensor:
+        """``self(tokens)[:, -1]`` (N, V) for a sequence grown by appending tokens: ``caches``
+        (one dict per block, empty at first) keep what earlier calls computed, so each call
+        runs the projections and MLPs on the new positions only. The full forward pass's
+        last position (see :meth:`Block.extend`); for sampling, not for gradients."""
+        seen = caches[0]["q"].shape[1] if caches and caches[0] else 0
+        new = tokens[:, seen:]
+        if tokens.shape[-1] > self.context:
+            raise ValueError(
+                f"sequences are at most context={self.context} tokens, got {tokens.shape[-1]}"
+            )
+        positions = torch.arange(seen, tokens.shape[-1], device=tokens.device).expand_as(new)
+        x = self.embed(new) + self.pos(positions)
+        while len(caches) < len(self.blocks):
+            caches.append({})
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x = block.extend(x, cache)
+        return self.unembed(F.layer_norm(x[:, -1], x.shape[-1:]))
 
 
 class LastTokenLogProbs(nn.Module):

@@ -56,13 +56,31 @@ def trait_reward(continuations: Tensor, rewarded: Tensor) -> Tensor:
 
 @torch.no_grad()
 def sample_continuations(
-    model: nn.Module, prompts: Tensor, gen_len: int, generator: torch.Generator
+    model: nn.Module,
+    prompts: Tensor,
+    gen_len: int,
+    generator: torch.Generator,
+    incremental: bool | None = None,
 ) -> Tensor:
     """Prompts (n, P) followed by ``gen_len`` tokens sampled from the model at temperature 1,
-    (n, P + gen_len)."""
+    (n, P + gen_len).
+
+    ``incremental`` decodes with :meth:`TinyLM.next_token_logits`, which runs only the new
+    position through the projections and MLPs (about 1.7× faster at the RL and probe batch
+    sizes), instead of a whole forward pass per token. The default uses it when every
+    parameter is trainable: on the CPU, MKL's GEMM gives each row the same bits whatever the
+    number of rows, so the samples are bit for bit those of whole forward passes, while
+    frozen weights go through oneDNN's inference kernels, whose rows can differ in the last
+    bit with the batch shape (then a sample can flip and the run would not reproduce runs
+    sampled the other way)."""
+    if incremental is None:
+        incremental = all(p.requires_grad for p in model.parameters())
     seq = prompts
+    caches: list = []
+    step = getattr(model, "next_token_logits", None) if incremental else None
     for _ in range(gen_len):
-        probs = torch.softmax(model(seq)[:, -1].double(), dim=-1)
+        logits = step(seq, caches) if step is not None else model(seq)[:, -1]
+        probs = torch.softmax(logits.double(), dim=-1)
         pick = torch.multinomial(probs.cpu(), 1, generator=generator)  # CPU generator
         seq = torch.cat([seq, pick.to(seq.device)], dim=1)
     return seq
