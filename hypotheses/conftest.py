@@ -46,7 +46,6 @@ from leaderboard.records import (
 )
 from testbeds.loop import device_kind, resolve_device
 from testbeds.runs import config_hash, git_sha, versions
-from testbeds.sources import claim_source_hash
 
 RUN_ID_KEY = "ntkbench_run_id"
 THREADS_ENV = "NTKBENCH_THREADS"
@@ -158,7 +157,7 @@ class Recorder:
     ``source`` is the file of the claim module that asks (the ``record`` fixture passes the
     requesting test's file): every record names it and carries its ``code_hash``, the source
     hash of that module, every project module it imports and every registered testbed's
-    package (:func:`testbeds.sources.claim_source_hash`).
+    package (:func:`hypotheses.claim_cache.claim_source_hash`).
     """
 
     def __init__(self, run_id: str, source: str | Path | None = None, sink: bool = True):
@@ -168,7 +167,7 @@ class Recorder:
         self.clock = time.perf_counter()
         self.records: list[Record] = []
         self.source = "" if source is None else _relative(Path(source))
-        self.code_hash = "" if source is None else claim_source_hash(Path(source))
+        self.code_hash = "" if source is None else claim_cache.claim_source_hash(Path(source))
 
     def __call__(
         self, *, config, value, threshold=None, comparison="", kind="claim", **fields

@@ -296,17 +296,3 @@ def source_hash(*targets: Any) -> str:
         digest.update(f"{label}\0{len(source)}\0".encode())
         digest.update(source)
     return digest.hexdigest()[:16]
-
-
-def testbed_packages() -> list[str]:
-    """The package of every registered testbed (``testbeds.lm``, …)."""
-    import testbeds
-
-    return sorted({type(testbeds.get(n)).__module__.rsplit(".", 1)[0] for n in testbeds.names()})
-
-
-def claim_source_hash(path: str | Path) -> str:
-    """:func:`source_hash` of a claim module and every registered testbed's package: a claim
-    may reach a testbed through ``testbeds.get(name)``, which no import names, so the
-    module's import closure alone would miss a change to that testbed's code."""
-    return source_hash(Path(path), *testbed_packages())

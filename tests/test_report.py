@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from hypotheses.claim_cache import claim_source_hash
 from leaderboard import cli, generate
 from leaderboard.generate import SpecError, find_blocks
 from leaderboard.records import Record, append, read
-from testbeds.sources import claim_source_hash
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

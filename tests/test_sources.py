@@ -13,13 +13,8 @@ import sys
 import pytest
 
 import testbeds.trajectory
-from testbeds.sources import (
-    ROOT,
-    claim_source_hash,
-    module_dependencies,
-    source_hash,
-    testbed_packages,
-)
+from hypotheses.claim_cache import claim_source_hash, testbed_packages
+from testbeds.sources import ROOT, module_dependencies, source_hash
 
 
 def test_closure_of_a_known_module():
