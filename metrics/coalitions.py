@@ -45,6 +45,7 @@ Example — for an additive game every interaction is zero and the leaves carry 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -111,6 +112,13 @@ class UpdateGame:
         chunk_size: coalitions evaluated together (vmapped) per forward pass.
 
     Calling the game on bool coalitions (M, U) returns their values (M,), float64.
+
+    For a network whose players are the hidden neurons of ``forward(x) = head(hidden(x))`` —
+    modules ``layer1`` and ``layer2`` without biases, a ``hidden`` method, every neuron with its
+    ``layer1`` row and ``layer2`` column owned by one unit (or by none) — the hidden activations
+    of θ_t and θ_{t+1} are computed once and each coalition's forward pass starts from them
+    (:class:`_HiddenNeuronPath`). It is used only where it reproduces the plain forward pass
+    bit for bit on probe coalitions; elsewhere every coalition runs the whole network.
     """
 
     def __init__(
@@ -156,6 +164,7 @@ class UpdateGame:
             if n not in names
         }
         self.base = float(self._losses(self.theta[None])[0])
+        self._shortcut = _HiddenNeuronPath.build(self)
 
     @property
     def n_players(self) -> int:
@@ -192,13 +201,130 @@ class UpdateGame:
                 f"coalitions must be a bool matrix (M, {self.n_players}), "
                 f"got shape {tuple(coalitions.shape)}"
             )
+        if self._shortcut is not None:
+            return self._shortcut(coalitions.bool())
+        return self._plain(coalitions.bool())
+
+    def _plain(self, coalitions: Tensor) -> Tensor:
+        """v of bool coalitions (M, U), running the whole network for each."""
         values = []
         for start in range(0, len(coalitions), self.chunk_size):
-            moved = self._moved(coalitions[start : start + self.chunk_size].bool())
+            moved = self._moved(coalitions[start : start + self.chunk_size])
             values.append(self.base - self._losses(self.theta + moved * self.delta))
         if not values:
             return torch.zeros(0, dtype=torch.float64)
         return torch.cat(values)
+
+
+class _Method(nn.Module):
+    """``model.<method>`` as a module's forward (for :func:`functional_call`)."""
+
+    def __init__(self, model: nn.Module, method: str):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, *args):
+        return getattr(self.model, self.method)(*args)
+
+
+class _HiddenNeuronPath:
+    r"""The values of an :class:`UpdateGame` on a network whose players are hidden neurons,
+    without recomputing the hidden layer for every coalition.
+
+    The network is ``forward(x) = head(hidden(x))`` with ``hidden`` reading only ``layer1``
+    (whose row j makes neuron j) and the rest of ``forward`` only ``layer2`` (whose column j
+    reads neuron j), both without biases, and every neuron's row and column owned by the same
+    unit or by none. Column j of a coalition's hidden activations is then column j of the
+    activations at θ_t or at θ_t + Δθ, by whether neuron j's unit is in the coalition: both are
+    computed once, and each coalition only selects its columns and runs the rest of ``forward``
+    (``hidden`` overridden on a shallow copy of the model), with the parameters formed exactly
+    as in the plain path (θ_t + moved · Δθ).
+
+    Whether a column of a matrix product is computed the same way in a product of another
+    shape depends on the kernel (it is exact for one-hot inputs, whatever the kernel), so
+    :meth:`build` keeps the path only if it reproduces the plain forward pass bit for bit on
+    ``PROBES`` coalitions (the empty and full ones and random ones).
+    """
+
+    PROBES = 8
+    CHUNK = 8  # coalitions per vmapped pass: (CHUNK, N, width) activations in memory
+
+    def __init__(self, game: UpdateGame, neuron_owner: Tensor, second: slice):
+        self.game, self.second = game, second
+        self.neuron_owner = neuron_owner  # (H,): the unit owning each neuron, U for none
+        self.owner2 = game.owner[second]  # owners of the layer2 entries
+        self.theta2, self.delta2 = game.theta[second], game.delta[second]
+        names = list(zip(game.names, game.shapes, strict=True))
+        self.shape2 = dict(names)["layer2.weight"]
+        ends = torch.tensor([[0.0], [1.0]], dtype=game.dtype)  # moved: none, all
+        thetas = game.theta + ends * game.delta  # as the plain path forms them
+        method = _Method(game.model, "hidden")
+
+        def hidden_at(flat: Tensor) -> Tensor:
+            params = {f"model.{n}": t for n, t in game._unflatten(flat).items()}
+            return functional_call(method, params, (game.inputs,))
+
+        with torch.no_grad():
+            self.before, self.after = vmap(hidden_at)(thetas)  # (N, H) each
+        self.buffer = torch.empty(self.CHUNK, *self.before.shape, dtype=self.before.dtype)
+        self.first = game._unflatten(game.theta)["layer1.weight"]  # read by nothing
+        self.shell = copy.copy(game.model)  # shares the modules; ``hidden`` set per pass
+
+    @classmethod
+    def build(cls, game: UpdateGame) -> _HiddenNeuronPath | None:
+        """The path for ``game``, or None where the network does not have that form or the
+        path does not reproduce the plain forward pass exactly."""
+        model = game.model
+        layers = [getattr(model, n, None) for n in ("layer1", "layer2")]
+        if (
+            game.owner is None
+            or game.fixed
+            or not callable(getattr(model, "hidden", None))
+            or sorted(game.names) != ["layer1.weight", "layer2.weight"]
+            or not all(isinstance(layer, nn.Linear) and layer.bias is None for layer in layers)
+            or layers[0].out_features != layers[1].in_features
+        ):
+            return None
+        offsets, start = {}, 0
+        for name, shape in zip(game.names, game.shapes, strict=True):
+            offsets[name] = slice(start, start + shape.numel())
+            start += shape.numel()
+        H = layers[0].out_features
+        rows = game.owner[offsets["layer1.weight"]].reshape(H, -1)  # (H, in)
+        columns = game.owner[offsets["layer2.weight"]].reshape(-1, H)  # (out, H)
+        neuron_owner = rows[:, 0]
+        if not ((rows == neuron_owner[:, None]).all() and (columns == neuron_owner).all()):
+            return None
+        path = cls(game, neuron_owner, offsets["layer2.weight"])
+        generator = torch.Generator().manual_seed(0)
+        probes = torch.rand(cls.PROBES, game.n_units, generator=generator) < 0.5
+        probes[0], probes[1] = False, True
+        return path if torch.equal(path(probes), game._plain(probes)) else None
+
+    def __call__(self, coalitions: Tensor) -> Tensor:
+        values = [
+            self._values(coalitions[start : start + self.CHUNK])
+            for start in range(0, len(coalitions), self.CHUNK)
+        ]
+        return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+
+    def _values(self, chosen: Tensor) -> Tensor:
+        game = self.game
+        padded = torch.cat([chosen, torch.zeros(len(chosen), 1, dtype=torch.bool)], dim=1)
+        moved = padded[:, self.owner2].to(game.dtype)  # as UpdateGame._moved, layer2 only
+        second = self.theta2 + moved * self.delta2  # (m, out · H)
+        selected = padded[:, self.neuron_owner]  # (m, H)
+        hidden = self.buffer[: len(chosen)]  # (m, N, H), reused across chunks
+        torch.where(selected[:, None, :], self.after, self.before, out=hidden)
+
+        def loss_at(h: Tensor, weight: Tensor) -> Tensor:
+            object.__setattr__(self.shell, "hidden", lambda _: h)
+            params = {"layer1.weight": self.first, "layer2.weight": weight.reshape(self.shape2)}
+            outputs = functional_call(self.shell, params, (game.inputs,))
+            return game.loss(outputs, game.targets).mean()
+
+        with torch.no_grad():
+            return game.base - vmap(loss_at)(hidden, second).double()
 
 
 def _normalised(game: Game, n_players: int) -> Callable[[Tensor], Tensor]:

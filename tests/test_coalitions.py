@@ -371,3 +371,58 @@ def test_claim_players_of_the_modadd_networks():
     assert len(mlp_units) == 512
     with pytest.raises(ValueError, match="must be a ModAddMLP or ModAddTransformer"):
         players(nn.Linear(2, 2))
+
+
+def _modadd_update(width: int = 12, loss: str = "cross_entropy", seed: int = 0):
+    """A small ModAddMLP update on one-hot inputs: (net, loss, x, y, before, after, units)."""
+    from testbeds import modadd
+    from testbeds.modadd.models import ModAddMLP
+    from testbeds.modadd.train import per_example_loss
+
+    config = modadd.preset("doshi2023_mlp").replace(width=width, p=7, loss=loss)
+    net, later = ModAddMLP(7, width), ModAddMLP(7, width)
+    net.reset_parameters(torch.Generator().manual_seed(seed))
+    later.reset_parameters(torch.Generator().manual_seed(seed + 1))
+    a, b = torch.arange(7).repeat_interleave(7), torch.arange(7).repeat(7)
+    x, y = ModAddMLP.encode(a, b, 7), (a + b) % 7
+    units = hidden_units(net, "layer1", "layer2")
+    return net, per_example_loss(config), x, y, net.state_dict(), later.state_dict(), units
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_update_game_hidden_neuron_path_is_exact(loss):
+    """The hidden-neuron shortcut reproduces the whole forward pass bit for bit."""
+    net, loss_fn, x, y, before, after, units = _modadd_update(loss=loss)
+    game = UpdateGame(net, loss_fn, x, y, before, after, units)
+    assert game._shortcut is not None
+    coalitions = torch.rand(50, 12, generator=torch.Generator().manual_seed(3)) < 0.4
+    coalitions = torch.cat([coalitions, torch.eye(12, dtype=torch.bool)])
+    values = game(coalitions)
+    assert torch.equal(values, game._plain(coalitions))
+    assert game(torch.zeros(0, 12, dtype=torch.bool)).shape == (0,)
+    # grouped neurons (two per unit) and a neuron no unit owns still take the shortcut
+    grouped = [
+        {"layer1.weight": (0, [2 * j, 2 * j + 1]), "layer2.weight": (1, [2 * j, 2 * j + 1])}
+        for j in range(5)
+    ]
+    game = UpdateGame(net, loss_fn, x, y, before, after, grouped)
+    assert game._shortcut is not None
+    assert torch.equal(game(coalitions[:, :5]), game._plain(coalitions[:, :5]))
+
+
+def test_update_game_hidden_neuron_path_only_where_it_applies():
+    net, loss_fn, x, y, before, after, units = _modadd_update()
+    # a unit holding a neuron's row but another unit's column: whole forward passes
+    crossed = [dict(u) for u in units]
+    crossed[0]["layer2.weight"], crossed[1]["layer2.weight"] = (1, 1), (1, 0)
+    assert UpdateGame(net, loss_fn, x, y, before, after, crossed)._shortcut is None
+    # overlapping units, and a network without the form
+    overlapping = [*units, {"layer1.weight": (0, 0)}]
+    assert UpdateGame(net, loss_fn, x, y, before, after, overlapping)._shortcut is None
+    other, later = mlp(0), mlp(1)
+    xs = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ys = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    game = UpdateGame(
+        other, mse, xs, ys, other.state_dict(), later.state_dict(), hidden_units(other, "0", "2")
+    )
+    assert game._shortcut is None
