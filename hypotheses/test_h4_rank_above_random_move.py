@@ -36,7 +36,13 @@ import testbeds
 from hypotheses import tier
 from hypotheses.compute import to_device
 from hypotheses.test_h4_kernel_rank import PERTURBATION_SEED, TESTBEDS
-from hypotheses.trajectories import PLANS, plots_dir, probe_for, rank_statistics, thinned
+from hypotheses.trajectories import (
+    PLANS,
+    cosine_effective_rank,
+    plots_dir,
+    probe_for,
+    thinned,
+)
 from metrics.entk import entk
 from testbeds import lm
 from testbeds.contract import Probe
@@ -57,7 +63,7 @@ def cosine_erank(model, probe: Probe) -> float:
     formed on the compute device."""
     readout, inputs = to_device(probe.readout(model), probe.inputs)
     K = entk(readout, inputs, output="trace").cpu()
-    return rank_statistics(K, {}, None)["erank"]
+    return cosine_effective_rank(K)  # = rank_statistics(K, {}, None)["erank"]
 
 
 def erank_trajectory(run, preset: str):

@@ -77,6 +77,12 @@ def _eigvals(K: Tensor) -> Tensor:
     return torch.linalg.eigvalsh(K.double()).clamp_min(0.0)
 
 
+def cosine_effective_rank(kernel: Tensor) -> float:
+    """:func:`rank_statistics`' ``erank`` alone: the effective rank of the cosine-normalised
+    kernel (without the other statistics' spectra)."""
+    return effective_rank(_eigvals(cosine_normalize(kernel)))
+
+
 def rank_statistics(
     kernel: Tensor, layers: dict[str, Tensor], loss_gram: Tensor | None
 ) -> dict[str, float]:

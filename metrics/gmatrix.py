@@ -70,6 +70,13 @@ class TraitJacobian:
     layout: list[tuple[str, torch.Size]]
 
 
+def _drop_zero_gradients(grad_inputs: tuple, grad_outputs: tuple) -> tuple:
+    """Autograd node hook: an all-zero gradient leaving the node becomes undefined (None), and
+    the backward formulas of the branch behind it skip their work instead of carrying zeros.
+    What reaches the parameters is unchanged: the dropped terms only ever added zeros."""
+    return tuple(g if g is None or bool(g.any()) else None for g in grad_inputs)
+
+
 def trait_jacobian(
     model: nn.Module, traits: Traits, params: Sequence[str] | None = None
 ) -> TraitJacobian:
@@ -77,8 +84,12 @@ def trait_jacobian(
 
     One reverse-mode pass per trait (``torch.autograd.grad`` on a shared graph), so any
     differentiable ``traits`` works — softmax, attention, several forward passes — without
-    needing to be ``vmap``-able. The gradients are taken in the model's dtype and returned in
-    float64; ``traits`` must be deterministic (put dropout models in ``eval()`` mode).
+    needing to be ``vmap``-able. Each pass does the work of only the branches of the graph
+    that its trait depends on (zero gradients out of the node that assembles the traits are
+    dropped), so a battery of traits computed separately and concatenated costs about one
+    backward pass through each trait's own computation. The gradients are taken in the
+    model's dtype and returned in float64; ``traits`` must be deterministic (put dropout
+    models in ``eval()`` mode).
 
     Args:
         model: The network; its parameters and their ``.grad`` are not modified.
@@ -110,6 +121,10 @@ def trait_jacobian(
         P = sum(p.numel() for p in tensors)
         J = torch.zeros(len(values), P, dtype=torch.float64, device=values.device)
         if values.requires_grad:
+            # Trait a's pass sends a one-hot gradient into the node that assembled the traits
+            # (a cat or stack, typically): without the hook, the zero slices of the other
+            # traits would be carried back through their whole branches, adding exact zeros.
+            values.grad_fn.register_hook(_drop_zero_gradients)
             for a in range(len(values)):
                 grads = torch.autograd.grad(
                     values[a], tensors, retain_graph=a < len(values) - 1, allow_unused=True

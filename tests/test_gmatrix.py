@@ -126,6 +126,48 @@ def test_trait_jacobian_params_subset_and_unused_parameters():
     assert torch.equal(constant.J, torch.zeros(2, full.J.shape[1], dtype=torch.float64))
 
 
+def test_each_trait_pass_runs_only_through_its_own_branch():
+    """Traits computed separately and concatenated: trait a's backward pass sends no gradient
+    (rather than zeros) into the other traits' branches, so their backward formulas skip
+    their work, and J is still the exact Jacobian."""
+    calls = {"a": 0, "b": 0}
+
+    class Counted(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, name):
+            ctx.name = name
+            ctx.set_materialize_grads(False)  # see an undefined gradient as None
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            calls[ctx.name] += grad is not None  # the work a backward formula does
+            return grad, None
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def traits(m):
+        out = m(x)
+        first = Counted.apply(out[:, 0], "a").mean(0, keepdim=True)
+        second = Counted.apply(out[:, 1] ** 2, "b")[:3]  # three traits from one branch
+        return torch.cat([first, second])
+
+    jac = trait_jacobian(model, traits)
+    assert calls == {"a": 1, "b": 3}  # not 4 and 4: zero slices end at the cat
+    params = dict(model.named_parameters())
+    brute = jacrev(lambda p: functional_call(model, p, (x,)))(params)
+    rows = []
+    for k in range(4):
+        parts = []
+        for name in params:
+            J = brute[name]  # (5, 2, *shape)
+            full = J[:, 0].mean(0) if k == 0 else 2 * model(x)[k - 1, 1] * J[k - 1, 1]
+            parts.append(full.reshape(-1))
+        rows.append(torch.cat(parts))
+    torch.testing.assert_close(jac.J, torch.stack(rows).detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_unflatten_gives_parameter_shaped_gradients():
     model, _, read = tiny(2)
     tj = trait_jacobian(model, read)
