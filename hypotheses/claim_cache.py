@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from leaderboard.claim_code import testbed_packages
 from leaderboard.records import Record, compare, from_row, results_dir
 from testbeds.loop import device_kind, resolve_device
 from testbeds.runs import TRAINED_ON_ENV, cache_dir, versions
@@ -73,21 +74,6 @@ def environment() -> dict[str, Any]:
         "trained_on": os.environ.get(TRAINED_ON_ENV, "").strip(),
         "versions": versions(),
     }
-
-
-def testbed_packages() -> list[str]:
-    """The package of every registered testbed (``testbeds.lm``, …)."""
-    import testbeds
-
-    return sorted({type(testbeds.get(n)).__module__.rsplit(".", 1)[0] for n in testbeds.names()})
-
-
-def claim_source_hash(path: str | Path) -> str:
-    """:func:`testbeds.sources.source_hash` of a claim module and every registered testbed's
-    package: a claim may reach a testbed through ``testbeds.get(name)``, which no import
-    names, so the module's import closure alone would miss a change to that testbed's code.
-    Every record of the claim carries it as ``code_hash``."""
-    return source_hash(Path(path), *testbed_packages())
 
 
 def code_hash(path: str | Path) -> str:

@@ -33,6 +33,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from hypotheses import claim_cache, tier
+from leaderboard.claim_code import claim_source_hash
 from leaderboard.folders import check_folders
 from leaderboard.records import (
     RESULTS_ENV,
@@ -157,7 +158,7 @@ class Recorder:
     ``source`` is the file of the claim module that asks (the ``record`` fixture passes the
     requesting test's file): every record names it and carries its ``code_hash``, the source
     hash of that module, every project module it imports and every registered testbed's
-    package (:func:`hypotheses.claim_cache.claim_source_hash`).
+    package (:func:`leaderboard.claim_code.claim_source_hash`).
     """
 
     def __init__(self, run_id: str, source: str | Path | None = None, sink: bool = True):
@@ -167,7 +168,7 @@ class Recorder:
         self.clock = time.perf_counter()
         self.records: list[Record] = []
         self.source = "" if source is None else _relative(Path(source))
-        self.code_hash = "" if source is None else claim_cache.claim_source_hash(Path(source))
+        self.code_hash = "" if source is None else claim_source_hash(Path(source))
 
     def __call__(
         self, *, config, value, threshold=None, comparison="", kind="claim", **fields

@@ -45,7 +45,7 @@ provenance have not changed keeps its stamp, so regenerating is idempotent.
 
 ``ntkbench report --check`` regenerates nothing. It exits 1 and names the file, block and
 claims when a generated block was made from records whose code differs from the code now in
-the tree: a claim module's :func:`hypotheses.claim_cache.claim_source_hash` (the module, every
+the tree: a claim module's :func:`leaderboard.claim_code.claim_source_hash` (the module, every
 project module it imports — testbeds, metrics, helpers — and every registered testbed's
 package) differs from the recorded ``code_hash``, or the records carry no code hash at all, or
 a score's cache key (method, task, testbed code, config, seed, versions) differs from the one
@@ -69,7 +69,7 @@ from typing import Any
 
 import pandas as pd
 
-from hypotheses.claim_cache import claim_source_hash
+from leaderboard.claim_code import claim_source_hash
 from leaderboard.records import (
     ROLES,
     claim_records,

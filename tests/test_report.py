@@ -10,14 +10,17 @@ module (or a module it depends on) changes.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from hypotheses.claim_cache import claim_source_hash
 from leaderboard import cli, generate
+from leaderboard.claim_code import claim_source_hash
 from leaderboard.generate import SpecError, find_blocks
 from leaderboard.records import Record, append, read
 
@@ -412,3 +415,14 @@ def test_small_values_and_uncriterioned_counts_stay_readable():
     assert generate.values_text([0.5, 3.0], diagnostic) == "0.500, 3.000"
     judged = pd.DataFrame({"threshold": [0.5]})
     assert generate.values_text([1.0, 2.0], judged) == "1.000, 2.000"
+
+
+def test_the_installed_commands_import_outside_the_checkout(tmp_path):
+    """``ntkbench`` is installed without ``hypotheses`` (a folder of the checkout, not a
+    package of the distribution): the leaderboard's modules must import from anywhere."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import leaderboard.cli, leaderboard.generate, leaderboard.graph, leaderboard.runner"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr

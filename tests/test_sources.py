@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import testbeds.trajectory
-from hypotheses.claim_cache import claim_source_hash, testbed_packages
+from leaderboard.claim_code import claim_source_hash, testbed_packages
 from testbeds.sources import ROOT, module_dependencies, source_hash
 
 
