@@ -217,13 +217,12 @@ def _worker_setup(threads: int) -> None:
     os.environ["NTKBENCH_THREADS"] = str(threads)
 
 
-def execute(job: Job, log_dir: str, threads: int = 1, task_threads: int | None = None) -> Outcome:
-    """Run one job (in whichever process or cluster node the executor chose) and say how it
-    went; never raises for a failure of the job itself. Leaderboard tasks run on
-    ``task_threads`` (default ``threads``): a score's cache key fingerprints the task's problem,
-    whose float set-up depends on the thread count, so the local pool gives them the threads
-    ``ntkbench leaderboard`` would use on this machine."""
-    _worker_setup((task_threads or threads) if job.kind == "task" else threads)
+def execute(job: Job, log_dir: str, threads: int = 1) -> Outcome:
+    """Run one job (in whichever process or cluster node the executor chose) on ``threads``
+    threads and say how it went; never raises for a failure of the job itself. A leaderboard
+    task's score keys do not depend on the thread count (``leaderboard.runner.set_up``), so
+    tasks run on the same threads as every other job and never oversubscribe the cores."""
+    _worker_setup(threads)
     importable()
     log = Path(log_dir) / f"{_slug(job.name)}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -449,12 +448,9 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, jobs: int | None = None):
-        import torch
-
         cores = os.cpu_count() or 1
         self.jobs = max(1, jobs or cores)
         self.threads = max(1, cores // self.jobs)
-        self.task_threads = torch.get_num_threads()  # what `ntkbench leaderboard` runs with
 
     def run(self, graph: Sequence[Job], log_dir: Path, report: Callable[[Outcome], None]):
         durations = {**claim_seconds(), **load_durations()}
@@ -478,7 +474,7 @@ class LocalExecutor:
                 if len(running) >= self.jobs:
                     break
                 del waiting[job.name]
-                args = (job, str(log_dir), self.threads, self.task_threads)
+                args = (job, str(log_dir), self.threads)
                 running[pool.submit(execute, *args)] = job
 
         try:

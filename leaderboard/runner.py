@@ -1,10 +1,11 @@
 """Run methods on tasks, isolating failures, and record every (method, task, seed) result.
 
-For each task and seed the problem is built once (training comes from the testbed's run cache)
-and every method gets its own copy of the model. A method that raises, exceeds its time
-budget, or returns the wrong shape, NaN or Inf is recorded as ``failed`` with the message; a
-method that raises :class:`leaderboard.api.NotApplicable` is recorded as ``n/a``; every other
-method still runs. Results are appended to ``records.jsonl`` (one locked append per record).
+For each task and seed the problem is built once, on one thread (:func:`set_up`; training
+comes from the testbed's run cache), and every method gets its own copy of the model. A method
+that raises, exceeds its time budget, or returns the wrong shape, NaN or Inf is recorded as
+``failed`` with the message; a method that raises :class:`leaderboard.api.NotApplicable` is
+recorded as ``n/a``; every other method still runs. Results are appended to ``records.jsonl``
+(one locked append per record).
 
 Scores are cached by their inputs: a record whose ``cache_key`` matches and whose status
 is ``ok`` or ``n/a`` is reused instead of recomputed, unless ``force``. The key hashes the
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -163,9 +165,23 @@ def fingerprint(problem: Problem, truth: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def set_up(task: Task, seed: int) -> tuple[Problem, Any]:
+    """``task.setup(seed)`` on one thread. A multi-threaded reduction can change the last bits
+    of a float ground truth (an orthonormal basis, say), and with them the problem's
+    :func:`fingerprint`; on one thread the fingerprint, hence every score's cache key, is the
+    same whatever thread count the caller runs with."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            return task.setup(seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @functools.lru_cache(maxsize=64)
 def _fingerprint_of(task: Task, seed: int) -> str:
-    problem, truth = task.setup(seed)
+    problem, truth = set_up(task, seed)
     return fingerprint(problem, truth)
 
 
@@ -249,7 +265,7 @@ def evaluate(
         for seed in seeds:
             bar.set_postfix_str(f"{task.name} seed {seed}: building the problem")
             try:
-                problem, truth = task.setup(seed)
+                problem, truth = set_up(task, seed)
                 setup_error, printed = None, fingerprint(problem, truth)
             except Exception as error:  # noqa: BLE001 - recorded for every method
                 problem, truth, printed = None, None, "setup failed"

@@ -21,7 +21,7 @@ from torch import nn
 from leaderboard import api, cli
 from leaderboard.api import METHODS, NotApplicable, Problem, register_method
 from leaderboard.records import Record, append, read
-from leaderboard.runner import OutputError, check_output, evaluate
+from leaderboard.runner import OutputError, check_output, evaluate, fingerprint
 from leaderboard.scoring import indicator_directions, partition_score, subspace_score
 from leaderboard.table import aggregate, leaderboard_display, leaderboard_markdown
 from leaderboard.wandb_log import log_run
@@ -199,6 +199,32 @@ def test_scores_are_cached_and_force_recomputes(results):
     assert len(read()) == 8
     board = aggregate(read())
     assert (board["seeds"] == 2).all().all()  # newest per (method, task, seed), no double count
+
+
+def test_score_keys_do_not_depend_on_the_callers_thread_count(results):
+    """A ground truth whose last bits follow the thread count (here: the count itself) gets
+    the same cache key from a 1-thread graph worker and a 2-thread ``ntkbench leaderboard``."""
+    from leaderboard.runner import cache_key, set_up
+
+    seen = []
+
+    def setup(seed):
+        seen.append(torch.get_num_threads())
+        return tiny_problem(seed, "directions", task="tiny_threads"), torch.tensor(
+            [float(torch.get_num_threads())]
+        )
+
+    task, before = tiny_task(setup=setup, name="tiny_threads"), torch.get_num_threads()
+    keys = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            problem, truth = set_up(task, 0)
+            keys.append(cache_key(METHODS["random"], task, 0, fingerprint(problem, truth)))
+            assert torch.get_num_threads() == threads  # the caller's count is restored
+        finally:
+            torch.set_num_threads(before)
+    assert seen == [1, 1] and keys[0] == keys[1]
 
 
 # -- scores, chance levels, methods against references --------------------------------------
