@@ -50,6 +50,11 @@ from metrics.noise import Loss, per_example_gradients
 from metrics.police import loss_hvp
 
 NOISE_FRACTION = 0.2
+# Couplings that equal the threshold up to rounding meet it (c ≥ c*_L is inclusive). At a level
+# whose random labellings all cut the same sectors (one unit each), c*_L is itself a pair's
+# coupling, summed in another order; without the tolerance its last bits, which follow the
+# thread count, decided whether the planted pair tied or missed.
+TIE_TOLERANCE = 1e-12  # relative to |coupling_min|; the smallest real margin seen is 1e-3
 OFFSET = 0.5  # Q's distance from its optimum per weight, δ = ±OFFSET
 
 
@@ -305,11 +310,12 @@ def police_pairs(
     coupling_min: float,
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(candidates, police) at one labelling: sector pairs (A, B), A ≠ B, with s_A ≤
-    ``share_max`` and c_AB ≥ ``coupling_min``; the police pairs are the candidates with
-    κ_AB < 0."""
+    ``share_max`` and c_AB ≥ ``coupling_min`` (up to ``TIE_TOLERANCE``); the police pairs are
+    the candidates with κ_AB < 0."""
     share, coupling = stats.scores(labels)
     S = len(share)
-    flags = (share <= share_max)[:, None] & (coupling >= coupling_min)
+    floor = coupling_min - TIE_TOLERANCE * abs(coupling_min)
+    flags = (share <= share_max)[:, None] & (coupling >= floor)
     flags &= ~torch.eye(S, dtype=torch.bool)
     candidates = [(int(a), int(b)) for a, b in flags.nonzero().tolist()]
     members = [frozenset((labels == s).nonzero()[:, 0].tolist()) for s in range(S)]

@@ -123,3 +123,24 @@ def test_a_planted_pair_in_sectors_of_its_own_is_found_and_random_labels_miss_it
     assert any(a in p_sectors and b in q_sectors for a, b in police), police
     randoms = random_max_coupling(planting.stats, 3, 20, torch.Generator(), planting.attach)
     assert randoms.shape == (20,) and (randoms <= 1).all()
+
+
+def test_a_coupling_equal_to_the_threshold_up_to_rounding_meets_it():
+    """c ≥ c*_L is inclusive: a pair whose coupling is the threshold's value summed in another
+    order (a relative difference of 1e-15) is a candidate whichever way the last bits fall; a
+    real shortfall of 1e-9 is not."""
+    model, x, y, units = small(2, n=200)
+    stats, curvature = police_statistics(model, squared_error, x, y, units, torch.arange(128))
+    labels = level_labels(Tree.balanced(8), 3)
+    _, coupling = stats.scores(labels)
+    off = ~torch.eye(len(coupling), dtype=torch.bool)
+    c = float(coupling[off].max())
+    top = [(int(a), int(b)) for a, b in ((coupling == c) & off).nonzero().tolist()]
+
+    def found(threshold):
+        candidates, _ = police_pairs(stats, labels, curvature, share_max=1.0,
+                                     coupling_min=threshold)  # fmt: skip
+        return set(candidates)
+
+    assert found(c * (1 + 1e-15)) == found(c * (1 - 1e-15)) == found(c) == set(top)
+    assert found(c * (1 + 1e-9)) == set()
