@@ -223,3 +223,22 @@ def test_wandb_group_has_one_run_per_job_kind(tmp_path):
     )
     assert error is None and len(dirs) == 2
     assert log_graph(mode="disabled", run_id="r1", outcomes=outcomes, config={}) == ([], None)
+
+
+def test_a_first_run_is_scheduled_by_the_reference_timings(tmp_path, monkeypatch):
+    """Before this machine has timed anything, the default tier's jobs are ranked by the
+    shipped reference run's seconds (a config change that renames most jobs must refresh
+    leaderboard/reference_durations.json); this cache's own timings take precedence."""
+    monkeypatch.setenv("NTKBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NTKBENCH_RESULTS", str(tmp_path / "results"))
+    jobs = graph.build("default")
+    reference = graph.reference_durations()
+    known = [j.name for j in jobs if j.name in reference]
+    assert len(known) >= 0.9 * len(jobs), sorted({j.name for j in jobs} - set(reference))
+    assert graph.known_durations() == reference  # nothing timed here yet
+    sft = next(n for n in known if n.startswith("train lm sft"))
+    graph.save_durations([graph.Outcome(sft, "train", "computed", 1.0, "", "", [])])
+    assert graph.known_durations()[sft] == 1.0
+    rank = graph.priorities(jobs, graph.known_durations())
+    pretrain = next(j for j in jobs if j.name.startswith("train lm lm_pretrain"))
+    assert rank[pretrain.name] > rank[sft] + reference[pretrain.name]  # its chain is longer
