@@ -264,8 +264,12 @@ def failures(group: pd.DataFrame, presets: Sequence[str]) -> str:
     if len(failed[["preset", "seed"]].drop_duplicates()) == runs:
         return "FAIL (every seed)"
     parts = []
-    for (preset, control), rows in failed.groupby(
+    groups = failed.groupby(
         [failed["preset"], failed["statistic"].str.startswith(CONTROL_PREFIX)], sort=False
+    )
+    order = {preset: i for i, preset in enumerate(presets)}  # the table's order, not the records'
+    for (preset, control), rows in sorted(
+        groups, key=lambda item: (order.get(item[0][0], len(order)), item[0][0], item[0][1])
     ):
         seeds = sorted({int(s) for s in rows["seed"]})
         where = f"`{preset}` " if len(presets) > 1 else ""

@@ -426,3 +426,26 @@ def test_the_installed_commands_import_outside_the_checkout(tmp_path):
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_failure_text_follows_the_tables_preset_order_not_the_records():
+    """The README names failing presets in the table's order whatever order the records came
+    in (a cold graph run appends them in the order its jobs finish)."""
+    rows = [
+        dict(claim="X", preset=preset, seed=seed, statistic=statistic, passed=False, kind="claim")
+        for preset in ("b_preset", "a_preset")
+        for seed in (0, 1)
+        for statistic in ("s", "control_s")
+    ]
+    rows.append(
+        dict(claim="X", preset="c_preset", seed=0, statistic="s", passed=True, kind="claim")
+    )
+    frame = pd.DataFrame(rows)
+    texts = {
+        generate.failures(frame.iloc[order], ["a_preset", "b_preset", "c_preset"])
+        for order in (list(range(len(rows))), list(reversed(range(len(rows)))))
+    }
+    assert texts == {
+        "FAIL (`a_preset` seeds 0, 1; `a_preset` control seeds 0, 1; "
+        "`b_preset` seeds 0, 1; `b_preset` control seeds 0, 1)"
+    }
