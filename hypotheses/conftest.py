@@ -35,6 +35,7 @@ from threadpoolctl import threadpool_limits
 from hypotheses import claim_cache, tier
 from leaderboard.claim_code import claim_source_hash
 from leaderboard.folders import check_folders
+from leaderboard.job_notes import note
 from leaderboard.records import (
     RESULTS_ENV,
     Record,
@@ -104,12 +105,7 @@ def pytest_configure(config):
 def _note(kind: str, text: str) -> None:
     """In an ``ntkbench run`` claim job, tell the job (through the file it names) about a
     check that was stored, replayed, skipped or crashed, or a run the job trained itself."""
-    from leaderboard.graph import JOB_NOTE, TRAINED_NOTES_ENV
-
-    notes = os.environ.get(TRAINED_NOTES_ENV, "").strip()
-    if notes:  # pytest captures stdout; the job reads this file
-        with open(notes, "a", encoding="utf-8") as handle:
-            handle.write(f"{JOB_NOTE} {kind}: {text}\n")
+    note(kind, text)
 
 
 def _report_inline_training() -> None:

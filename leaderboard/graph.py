@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from leaderboard import job_notes
 from testbeds.runs import cache_dir
 
 TIERS = ("quick", "default", "large")
@@ -54,8 +55,8 @@ TIER_MARKERS = {"quick": "not large", "default": "not large", "large": "large"}
 # a first guess of a job's seconds when it has never run (longest first needs a number)
 GUESS = {"train": 60.0, "trajectory": 120.0, "claim": 300.0, "task": 60.0}
 ROOT = Path(__file__).resolve().parent.parent
-JOB_NOTE = "ntkbench-graph:"  # a claim job's notes: stored, skipped, crashed, trained
-TRAINED_NOTES_ENV = "NTKBENCH_JOB_NOTES"  # the file a claim job writes its notes to
+JOB_NOTE = job_notes.PREFIX  # a claim job's notes: stored, skipped, crashed, trained
+TRAINED_NOTES_ENV = job_notes.NOTES_ENV  # the file a claim job writes its notes to
 REFERENCE_DURATIONS = Path(__file__).with_name("reference_durations.json")
 
 

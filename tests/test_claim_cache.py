@@ -203,3 +203,18 @@ def test_a_replayed_last_check_tears_down_its_module(claims):
     for _ in range(2):
         out = session(folder, env)
         assert "1 passed, 2 skipped" in out and "error" not in out.lower(), out
+
+
+def test_stored_checks_are_not_keyed_by_the_job_graph_or_the_report():
+    """Editing the job graph, the command line, the leaderboard runner or the report
+    generator must not recompute every claim: the code that stores checks imports none of
+    them (it hears from a claim job through leaderboard.job_notes)."""
+    from testbeds.sources import module_dependencies
+
+    here = Path(__file__).resolve().parents[1] / "hypotheses"
+    storing = set(module_dependencies(here / "conftest.py")) | set(
+        module_dependencies(here / "claim_cache.py")
+    )
+    assert "leaderboard.job_notes" in storing and "leaderboard.records" in storing
+    for module in ("graph", "cli", "runner", "generate", "report", "table", "wandb_log"):
+        assert f"leaderboard.{module}" not in storing, module
