@@ -55,8 +55,6 @@ TIER_MARKERS = {"quick": "not large", "default": "not large", "large": "large"}
 # a first guess of a job's seconds when it has never run (longest first needs a number)
 GUESS = {"train": 60.0, "trajectory": 120.0, "claim": 300.0, "task": 60.0}
 ROOT = Path(__file__).resolve().parent.parent
-JOB_NOTE = job_notes.PREFIX  # a claim job's notes: stored, skipped, crashed, trained
-TRAINED_NOTES_ENV = job_notes.NOTES_ENV  # the file a claim job writes its notes to
 REFERENCE_DURATIONS = Path(__file__).with_name("reference_durations.json")
 
 
@@ -308,7 +306,7 @@ def _run_claim_module(job: Job, log: Path, threads: int):
     notes = log.with_suffix(".trained")
     notes.unlink(missing_ok=True)
     env = {**os.environ, claim_cache.JOB_ENV: "1", "NTKBENCH_THREADS": str(threads)}
-    env[TRAINED_NOTES_ENV] = str(notes)
+    env[job_notes.NOTES_ENV] = str(notes)
     with log.open("w", encoding="utf-8") as handle:
         code = subprocess.run(
             command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False
@@ -318,7 +316,7 @@ def _run_claim_module(job: Job, log: Path, threads: int):
     kinds = ("stored", "replayed", "skipped", "crashed", "trained")
     found: dict[str, list[str]] = {kind: [] for kind in kinds}
     for line in noted.splitlines():
-        kind, _, text = line.removeprefix(JOB_NOTE).strip().partition(": ")
+        kind, _, text = line.removeprefix(job_notes.PREFIX).strip().partition(": ")
         if kind in found:
             found[kind].append(text)
     inside = sorted(set(found["trained"]))
