@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from metrics.entk import entk
 from testbeds import lm, runs
 from testbeds.lm import Config, ContinueConfig, Language, RLConfig, SFTConfig
+from testbeds.lm import rl as lm_rl
 
 TINY_LANG = Language(n_topics=2, topic_words=2, style_words=2, function_words=2)  # V = 10
 TINY = Config(
@@ -216,6 +217,66 @@ def test_incremental_decoding_matches_whole_forward_passes(monkeypatch):
     model.unembed.weight.requires_grad_(False)
     lm.sample_continuations(model, prompts, 2, torch.Generator().manual_seed(3))
     assert len(calls) == 2
+
+
+def _float32_model(trainable: bool) -> lm.TinyLM:
+    """Two blocks in float32 (the runs' precision), weights scaled up so that attention is
+    sharp; ``trainable`` decides which CPU kernels the projections use."""
+    model = lm.TinyLM(12, 16, 16, 2, 2, 32)
+    model.reset_parameters(torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(15.0)
+    for p in model.parameters():
+        p.requires_grad_(trainable)
+    return model
+
+
+def test_attention_formed_for_the_last_queries_only_has_their_bits():
+    """``Block.mix`` with ``queries`` = m: the last m rows are bit for bit those of the whole
+    pattern (float32; every row length below and at the 16 where the CPU softmax changes
+    kernels), and the other rows are 0."""
+    block = _float32_model(True).blocks[0]
+    g = torch.Generator().manual_seed(8)
+    for t in (1, 2, 7, 15, 16):
+        q, k, v = (torch.randn(32, t, 2, 8, generator=g) * 4 for _ in range(3))
+        whole = block.mix(q, k, v)
+        for m in range(1, t + 1):
+            part = block.mix(q, k, v, queries=m)
+            assert torch.equal(part[:, t - m :], whole[:, t - m :])
+            assert not part[:, : t - m].any()
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_the_last_logits_have_the_bits_of_the_whole_forward_pass(trainable):
+    """``last_logits`` (the last block's attention formed for the last query only) equals
+    ``model(tokens)[:, -1]`` bit for bit, whichever CPU kernels the weights use."""
+    model = _float32_model(trainable)
+    tokens = torch.randint(0, 12, (64, 16), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for length in range(1, 17):
+            whole = model(tokens[:, :length])[:, -1]
+            assert torch.equal(model.last_logits(tokens[:, :length]), whole)
+
+
+def test_the_probe_kl_reads_the_policys_log_probs_from_its_samples():
+    """``sequence_kl`` scores the continuations with the log-probabilities the policy sampled
+    them from (those of a whole forward pass up to float32 rounding) and the reference's."""
+    policy, reference = _float32_model(True), _float32_model(False)
+    with torch.no_grad():
+        reference.unembed.weight.mul_(0.5)
+    prompts = torch.randint(0, 12, (32, 6), generator=torch.Generator().manual_seed(6))
+    seq, logits = lm_rl._sample(policy, prompts, 8, torch.Generator().manual_seed(7))
+    sampled = torch.log_softmax(torch.stack(logits, dim=1), dim=-1)
+    with torch.no_grad():
+        whole = lm.continuation_log_probs(policy, seq, 6)
+        q = lm.continuation_log_probs(reference, seq, 6)
+    torch.testing.assert_close(sampled, whole, rtol=1e-5, atol=1e-5)
+    per_seq = lm.next_token_kl(sampled.double(), q.double()).sum(-1)
+    g = torch.Generator().manual_seed(7)
+    estimate, se = lm.sequence_kl(policy, reference, prompts, 8, 1, g)
+    assert estimate == per_seq.mean().item() and estimate > 0.1
+    assert se == (per_seq.std() / math.sqrt(len(per_seq))).item()
 
 
 def test_entk_of_the_last_token_readout_matches_brute_force():

@@ -31,20 +31,38 @@ class Block(nn.Module):
         self.mlp_in = nn.Linear(d_model, d_mlp)
         self.mlp_out = nn.Linear(d_mlp, d_model)
 
-    def attention(self, x: Tensor) -> Tensor:
+    def attention(self, x: Tensor, queries: int | None = None) -> Tensor:
+        """Causal self-attention of ``x`` (N, T, d_model); with ``queries``, only the last
+        ``queries`` positions' outputs are formed (the others are W_O(0)), see :meth:`mix`."""
         n, t, d = x.shape  # (N, T, d_model)
         heads = (n, t, self.n_heads, self.d_head)
         q = self.W_Q(x).view(heads)
         k = self.W_K(x).view(heads)
         v = self.W_V(x).view(heads)
-        scores = torch.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(self.d_head)  # (N, H, T, T)
-        future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
-        pattern = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
-        z = torch.einsum("nhqk,nkhd->nqhd", pattern, v).reshape(n, t, d)
-        return self.W_O(z)
+        return self.W_O(self.mix(q, k, v, queries))
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attention(F.layer_norm(x, x.shape[-1:]))
+    def mix(self, q: Tensor, k: Tensor, v: Tensor, queries: int | None = None) -> Tensor:
+        """The heads' outputs (N, T, d_model) from queries, keys and values (N, T, H, d_head).
+
+        With ``queries`` = m, the attention pattern is formed for the last m query rows only and
+        is 0 elsewhere. The products keep their shapes and the softmax is taken row by row, so
+        those rows are bit for bit those of the whole pattern: on the CPU a softmax over fewer
+        than 16 (float32) keys runs element by element and dominated the cost of decoding."""
+        n, t = q.shape[:2]
+        scores = torch.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(self.d_head)  # (N, H, T, T)
+        future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+        if queries is None or queries >= t:
+            pattern = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        else:
+            rows = slice(t - queries, t)
+            pattern = torch.zeros_like(scores)
+            pattern[:, :, rows] = (
+                scores[:, :, rows].masked_fill(future[rows], float("-inf")).softmax(dim=-1)
+            )
+        return torch.einsum("nhqk,nkhd->nqhd", pattern, v).reshape(n, t, -1)
+
+    def forward(self, x: Tensor, queries: int | None = None) -> Tensor:
+        x = x + self.attention(F.layer_norm(x, x.shape[-1:]), queries)
         return x + self.mlp_out(F.gelu(self.mlp_in(F.layer_norm(x, x.shape[-1:]))))
 
     def extend(self, x: Tensor, cache: dict[str, Tensor]) -> Tensor:
@@ -52,7 +70,8 @@ class Block(nn.Module):
         earlier positions' queries, keys and values are in ``cache`` (updated in place).
 
         Only the new positions go through the projections and the MLP; the attention
-        products are formed for every position, exactly as in :meth:`forward`, so that the
+        products keep the whole sequence's shapes, as in :meth:`forward` (the pattern is formed
+        for the new rows only, :meth:`mix`), so that the
         new positions' outputs equal those of the whole sequence's forward pass, bit for bit
         wherever the projections give each row the same bits whatever the number of rows
         (trainable weights on MKL's CPU GEMM; see ``sample_continuations``)."""
@@ -60,13 +79,10 @@ class Block(nn.Module):
         for name, proj in (("q", self.W_Q), ("k", self.W_K), ("v", self.W_V)):
             new = proj(h)
             cache[name] = new if name not in cache else torch.cat([cache[name], new], dim=1)
-        n, t, d = cache["q"].shape
+        n, t, _ = cache["q"].shape
         heads = (n, t, self.n_heads, self.d_head)
         q, k, v = (cache[name].view(heads) for name in "qkv")
-        scores = torch.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(self.d_head)
-        future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
-        pattern = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
-        z = torch.einsum("nhqk,nkhd->nqhd", pattern, v).reshape(n, t, d)
+        z = self.mix(q, k, v, queries=x.shape[1])
         x = x + self.W_O(z[:, t - x.shape[1] :])
         return x + self.mlp_out(F.gelu(self.mlp_in(F.layer_norm(x, x.shape[-1:]))))
 
@@ -97,20 +113,29 @@ class TinyLM(nn.Module):
                 std = scaled if name.endswith(("W_O.weight", "mlp_out.weight")) else 0.02
                 nn.init.normal_(p, 0.0, std, generator=generator)
 
-    def residual(self, tokens: Tensor) -> Tensor:
-        """Final normalised residual stream (N, T, d_model)."""
+    def residual(self, tokens: Tensor, last_only: bool = False) -> Tensor:
+        """Final normalised residual stream (N, T, d_model). With ``last_only`` the last block
+        forms attention for the last position only (:meth:`Block.mix`): that position's row is
+        the same, bit for bit, and the other rows are not the model's."""
         if tokens.shape[-1] > self.context:
             raise ValueError(
                 f"sequences are at most context={self.context} tokens, got {tokens.shape[-1]}"
             )
         positions = torch.arange(tokens.shape[-1], device=tokens.device).expand_as(tokens)
         x = self.embed(tokens) + self.pos(positions)  # (N, T, d_model)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, 1 if last_only and i == len(self.blocks) - 1 else None)
         return F.layer_norm(x, x.shape[-1:])
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.unembed(self.residual(tokens))
+
+    def last_logits(self, tokens: Tensor) -> Tensor:
+        """``self(tokens)[:, -1]`` (N, V), bit for bit, from one whole forward pass whose last
+        block forms attention for the last position only. Every product keeps the shape of
+        the whole pass, so the result does not depend on whether the weights are trainable;
+        for sampling from frozen weights, not for gradients."""
+        return self.unembed(self.residual(tokens, last_only=True))[:, -1]
 
     def next_token_logits(self, tokens: Tensor, caches: list[dict[str, Tensor]]) -> Tensor:
         """``self(tokens)[:, -1]`` (N, V) for a sequence grown by appending tokens: ``caches``

@@ -66,24 +66,42 @@ def sample_continuations(
     (n, P + gen_len).
 
     ``incremental`` decodes with :meth:`TinyLM.next_token_logits`, which runs only the new
-    position through the projections and MLPs (about 1.7× faster at the RL and probe batch
-    sizes), instead of a whole forward pass per token. The default uses it when every
-    parameter is trainable: on the CPU, MKL's GEMM gives each row the same bits whatever the
-    number of rows, so the samples are bit for bit those of whole forward passes, while
-    frozen weights go through oneDNN's inference kernels, whose rows can differ in the last
-    bit with the batch shape (then a sample can flip and the run would not reproduce runs
-    sampled the other way)."""
+    position through the projections and MLPs (2.2× faster at the RL batch of 128 sequences,
+    2.9× at the probe's 1024, ``benchmarks/bench_lm_sampling.py``), instead of a whole forward
+    pass per token. The default uses it when every parameter is trainable: at the runs' shapes
+    (a whole prompt, then one token per step) MKL's CPU GEMM gives the new rows the bits of the
+    whole pass, so the samples are those of whole forward passes (the benchmark checks it;
+    other shapes can differ in the last bit), while frozen weights go through oneDNN's
+    inference kernels, whose rows can differ in the last bit with the batch shape (then a
+    sample can flip and the run would not reproduce runs sampled the other way). A whole pass
+    uses :meth:`TinyLM.last_logits` where the model has it (the bits of
+    ``model(seq)[:, -1]``)."""
+    return _sample(model, prompts, gen_len, generator, incremental)[0]
+
+
+def _sample(
+    model: nn.Module,
+    prompts: Tensor,
+    gen_len: int,
+    generator: torch.Generator,
+    incremental: bool | None = None,
+) -> tuple[Tensor, list[Tensor]]:
+    """:func:`sample_continuations` and the next-token logits (n, V) it sampled each token
+    from."""
     if incremental is None:
         incremental = all(p.requires_grad for p in model.parameters())
     seq = prompts
     caches: list = []
     step = getattr(model, "next_token_logits", None) if incremental else None
+    whole = getattr(model, "last_logits", None) or (lambda tokens: model(tokens)[:, -1])
+    sampled = []
     for _ in range(gen_len):
-        logits = step(seq, caches) if step is not None else model(seq)[:, -1]
+        logits = step(seq, caches) if step is not None else whole(seq)
         probs = torch.softmax(logits.double(), dim=-1)
         pick = torch.multinomial(probs.cpu(), 1, generator=generator)  # CPU generator
         seq = torch.cat([seq, pick.to(seq.device)], dim=1)
-    return seq
+        sampled.append(logits)
+    return seq, sampled
 
 
 def continuation_log_probs(model: nn.Module, sequences: Tensor, prompt_len: int) -> Tensor:
@@ -111,11 +129,15 @@ def sequence_kl(
 ) -> tuple[float, float]:
     """KL(π(·|x) ‖ π_ref(·|x)) over ``gen_len``-token continuations, averaged over prompts:
     (estimate, standard error) from ``samples`` continuations per prompt, each scored by the
-    exact next-token KL summed along its prefix. In nats per continuation."""
+    exact next-token KL summed along its prefix. In nats per continuation.
+
+    The policy's log-probabilities are the ones it sampled from, not computed a second time
+    by :func:`continuation_log_probs`: the same values up to float rounding (at the probe's
+    batch shapes on the CPU, the same bits)."""
     x = prompts.repeat_interleave(samples, dim=0).to(next(policy.parameters()).device)
-    seq = sample_continuations(policy, x, gen_len, generator)
+    seq, logits = _sample(policy, x, gen_len, generator)
     with torch.no_grad():
-        p = continuation_log_probs(policy, seq, prompts.shape[1]).double()
+        p = torch.log_softmax(torch.stack(logits, dim=1), dim=-1).double()
         q = continuation_log_probs(reference, seq, prompts.shape[1]).double()
     per_seq = next_token_kl(p, q).sum(-1)  # (n·samples,)
     return per_seq.mean().item(), (per_seq.std() / math.sqrt(len(per_seq))).item()
