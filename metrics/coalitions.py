@@ -118,7 +118,11 @@ class UpdateGame:
     ``layer1`` row and ``layer2`` column owned by one unit (or by none) — the hidden activations
     of θ_t and θ_{t+1} are computed once and each coalition's forward pass starts from them
     (:class:`_HiddenNeuronPath`). It is used only where it reproduces the plain forward pass
-    bit for bit on probe coalitions; elsewhere every coalition runs the whole network.
+    bit for bit on probe coalitions. For a one-layer transformer whose attention heads are
+    players (``heads``, ``head_outputs`` and ``_attend`` methods), each head's write into the
+    residual stream at θ_t and θ_{t+1} is computed once and each coalition sums its heads'
+    writes (:class:`_HeadPath`; equal to the plain pass up to rounding, checked on probe
+    coalitions). Elsewhere every coalition runs the whole network.
     """
 
     def __init__(
@@ -164,7 +168,7 @@ class UpdateGame:
             if n not in names
         }
         self.base = float(self._losses(self.theta[None])[0])
-        self._shortcut = _HiddenNeuronPath.build(self)
+        self._shortcut = _HiddenNeuronPath.build(self) or _HeadPath.build(self)
 
     @property
     def n_players(self) -> int:
@@ -325,6 +329,98 @@ class _HiddenNeuronPath:
 
         with torch.no_grad():
             return game.base - vmap(loss_at)(hidden, second).double()
+
+
+class _HeadPath:
+    r"""The values of an :class:`UpdateGame` on a one-layer transformer whose attention heads
+    are players, without recomputing attention for every coalition.
+
+    The network has ``heads()`` (each head's parameter slices, as a unit maps them),
+    ``head_outputs(x)`` (the residual stream before attention and what each head writes into
+    it) and ``_attend(x)`` (their sum), which its ``forward`` calls once. What head h writes
+    depends only on its own slices and on parameters no player owns, so it is the write at
+    θ_t or at θ_t + Δθ, by whether the head's unit is in the coalition: both are computed
+    once, and each coalition sums its heads' writes and runs the rest of ``forward`` (``_attend``
+    overridden on a shallow copy of the model) with the parameters formed as in the plain path.
+
+    The heads' writes are summed one by one rather than through one W_O product, so values
+    agree with the plain path up to rounding, not bit for bit; :meth:`build` keeps the path
+    only if ``PROBES`` coalitions agree to ``RTOL`` of the largest value.
+    """
+
+    PROBES = 8
+    RTOL = 1e-9
+    CHUNK = 32
+
+    def __init__(self, game: UpdateGame, head_owner: Tensor):
+        self.game, self.head_owner = game, head_owner  # (H,): the unit owning each head
+        every = torch.ones(1, game.n_units, dtype=torch.bool)
+        ends = torch.cat([torch.zeros_like(game.theta)[None], game._moved(every)])
+        thetas = game.theta + ends * game.delta  # θ_t and every unit moved, as the plain path
+        method = _Method(game.model, "head_outputs")
+
+        def writes_at(flat: Tensor) -> tuple[Tensor, Tensor]:
+            params = {f"model.{n}": t for n, t in game._unflatten(flat).items()}
+            buffers = {f"model.{n}": t for n, t in game.fixed.items()}
+            return functional_call(method, {**buffers, **params}, (game.inputs,))
+
+        with torch.no_grad():
+            bases, writes = vmap(writes_at)(thetas)
+        self.base = bases[0]  # (N, d): owned by no head (checked by build's probes)
+        self.before, self.after = writes[0], writes[1]  # (N, H, d) each
+        self.shell = copy.copy(game.model)
+
+    @classmethod
+    def build(cls, game: UpdateGame) -> _HeadPath | None:
+        """The path for ``game``, or None where the network does not have that form or the
+        path does not reproduce the plain forward pass to ``RTOL`` on probe coalitions."""
+        model = game.model
+        if game.owner is None or not all(
+            callable(getattr(model, m, None)) for m in ("heads", "head_outputs", "_attend")
+        ):
+            return None
+        masks = parameter_masks(model, model.heads(), game.names)  # (H, P)
+        head_owner = []
+        for mask in masks:
+            owners = game.owner[mask].unique()
+            if len(owners) != 1 or int(owners[0]) == game.n_units:
+                return None  # a head split between units, or owned by none
+            head_owner.append(int(owners[0]))
+        if len(set(head_owner)) != len(head_owner):
+            return None
+        path = cls(game, torch.tensor(head_owner))
+        generator = torch.Generator().manual_seed(0)
+        probes = torch.rand(cls.PROBES, game.n_units, generator=generator) < 0.5
+        probes[0], probes[1] = False, True
+        probes[2] = False
+        probes[2, head_owner[0]] = True  # one head alone
+        fast, plain = path(probes), game._plain(probes)
+        scale = float(plain.abs().max())
+        return path if bool(((fast - plain).abs() <= cls.RTOL * scale).all()) else None
+
+    def __call__(self, coalitions: Tensor) -> Tensor:
+        values = [
+            self._values(coalitions[start : start + self.CHUNK])
+            for start in range(0, len(coalitions), self.CHUNK)
+        ]
+        return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+
+    def _values(self, chosen: Tensor) -> Tensor:
+        game = self.game
+        padded = torch.cat([chosen, torch.zeros(len(chosen), 1, dtype=torch.bool)], dim=1)
+        heads = padded[:, self.head_owner]  # (m, H)
+        writes = torch.where(heads[:, None, :, None], self.after, self.before)  # (m, N, H, d)
+        residual = self.base + writes.sum(2)  # (m, N, d)
+        thetas = game.theta + game._moved(chosen) * game.delta
+
+        def loss_at(r: Tensor, flat: Tensor) -> Tensor:
+            object.__setattr__(self.shell, "_attend", lambda _: r)
+            params = {**game.fixed, **game._unflatten(flat)}
+            outputs = functional_call(self.shell, params, (game.inputs,))
+            return game.loss(outputs, game.targets).mean()
+
+        with torch.no_grad():
+            return game.base - vmap(loss_at)(residual, thetas).double()
 
 
 def _normalised(game: Game, n_players: int) -> Callable[[Tensor], Tensor]:

@@ -426,3 +426,44 @@ def test_update_game_hidden_neuron_path_only_where_it_applies():
         other, mse, xs, ys, other.state_dict(), later.state_dict(), hidden_units(other, "0", "2")
     )
     assert game._shortcut is None
+
+
+def _transformer_update(mlp_bias: bool, seed: int = 0):
+    """A small ModAddTransformer update: (net, loss, tokens, y, before, after, heads + neurons)."""
+    from hypotheses.coalitions import players
+    from testbeds import modadd
+    from testbeds.modadd.models import ModAddTransformer
+    from testbeds.modadd.train import per_example_loss
+
+    p = 7
+    nets = [ModAddTransformer(p, 16, 4, 24, mlp_bias=mlp_bias) for _ in range(2)]
+    for i, net in enumerate(nets):
+        net.reset_parameters(torch.Generator().manual_seed(seed + i))
+    a, b = torch.arange(p).repeat_interleave(p), torch.arange(p).repeat(p)
+    tokens, y = torch.stack([a, b, torch.full_like(a, p)], 1), (a + b) % p
+    loss = per_example_loss(modadd.preset("lin2025_transformer").replace(p=p))
+    before, after = nets[0].state_dict(), nets[1].state_dict()
+    return nets[0], loss, tokens, y, before, after, players(nets[0])
+
+
+@pytest.mark.parametrize("mlp_bias", [True, False])
+def test_update_game_head_path_matches_whole_forward_passes(mlp_bias):
+    """With heads as players the transformer's attention is computed twice, not once per
+    coalition; values equal whole forward passes up to rounding (embeddings and unembedding,
+    owned by no unit, stay at θ_t in both)."""
+    net, loss, tokens, y, before, after, units = _transformer_update(mlp_bias)
+    game = UpdateGame(net, loss, tokens, y, before, after, units)
+    assert type(game._shortcut).__name__ == "_HeadPath"
+    U = len(units)
+    coalitions = torch.rand(60, U, generator=torch.Generator().manual_seed(3)) < 0.4
+    coalitions = torch.cat([coalitions, torch.eye(U, dtype=torch.bool)])
+    fast, plain = game(coalitions), game._plain(coalitions)
+    assert plain.abs().max() > 1e-3  # a real update
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-12 * float(plain.abs().max()))
+    # a head split between two units: whole forward passes
+    split = [dict(u) for u in units]
+    split[0]["W_O.weight"], split[1]["W_O.weight"] = split[1]["W_O.weight"], split[0]["W_O.weight"]
+    assert UpdateGame(net, loss, tokens, y, before, after, split)._shortcut is None
+    # heads owned by no unit (MLP neurons only): whole forward passes
+    neurons = units[net.n_heads :]
+    assert UpdateGame(net, loss, tokens, y, before, after, neurons)._shortcut is None

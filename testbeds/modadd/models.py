@@ -121,8 +121,9 @@ class ModAddTransformer(nn.Module):
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
 
-    def _attend(self, tokens: Tensor) -> Tensor:
-        """Residual stream at "=" after the attention layer, shape (N, d_model)."""
+    def _mixed(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The residual stream at "=" before attention (N, d_model) and the heads' mixed values
+        there, z (N, d_model): head h's are columns h·d_head … (h + 1)·d_head − 1."""
         n, t = tokens.shape  # (N, 3)
         x = self.embed(tokens) + self.pos[:t]  # (N, T, d_model) residual stream
         heads = (n, t, self.n_heads, self.d_head)
@@ -132,7 +133,30 @@ class ModAddTransformer(nn.Module):
         scores = torch.einsum("nhd,nthd->nht", q, k) / math.sqrt(self.d_head)  # (N, H, T)
         pattern = scores.softmax(dim=-1)  # the last query attends to every position (causal)
         z = torch.einsum("nht,nthd->nhd", pattern, v).reshape(n, self.d_model)  # (N, d_model)
-        return x[:, -1] + self.W_O(z)
+        return x[:, -1], z
+
+    def _attend(self, tokens: Tensor) -> Tensor:
+        """Residual stream at "=" after the attention layer, shape (N, d_model)."""
+        x, z = self._mixed(tokens)
+        return x + self.W_O(z)
+
+    def heads(self) -> list[dict[str, tuple[int, list[int]]]]:
+        """Each attention head's parameters as ``{name: (axis, indices)}``: its rows of W_Q,
+        W_K, W_V and its columns of W_O."""
+        out = []
+        for h in range(self.n_heads):
+            block = list(range(h * self.d_head, (h + 1) * self.d_head))
+            head = {f"{m}.weight": (0, block) for m in ("W_Q", "W_K", "W_V")}
+            out.append({**head, "W_O.weight": (1, block)})
+        return out
+
+    def head_outputs(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The residual stream at "=" before attention (N, d_model) and what each head writes
+        into it (N, H, d_model); :meth:`_attend` is their sum, up to rounding."""
+        x, z = self._mixed(tokens)
+        n = len(z)
+        W_O = self.W_O.weight.view(self.d_model, self.n_heads, self.d_head)
+        return x, torch.einsum("nhe,dhe->nhd", z.view(n, self.n_heads, self.d_head), W_O)
 
     def neuron_activations(self, tokens: Tensor) -> Tensor:
         """Post-ReLU MLP activations at "=", shape (N, d_mlp)."""

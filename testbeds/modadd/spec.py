@@ -80,12 +80,7 @@ class ModAdd(Testbed):
             raise ValueError(
                 f"model must be a ModAddMLP or ModAddTransformer, got {type(model).__name__}"
             )
-        heads = []
-        for h in range(model.n_heads):
-            block = list(range(h * model.d_head, (h + 1) * model.d_head))
-            head = {f"{m}.weight": (0, block) for m in ("W_Q", "W_K", "W_V")}
-            heads.append({**head, "W_O.weight": (1, block)})
-        return heads + hidden_units(model, "mlp_in", "mlp_out")
+        return model.heads() + hidden_units(model, "mlp_in", "mlp_out")
 
     def activations(self, model: nn.Module, inputs: Tensor) -> Tensor:
         """Neuron activations: the MLP's hidden layer (N, width), or the transformer's MLP
