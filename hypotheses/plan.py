@@ -223,6 +223,11 @@ RUNS: dict[str, Callable[[], list[RunRequest]]] = {
     "test_t2_tms_eigenspaces.py": _tms,
     "test_large_p113.py": _large,
 }
+# claim module → the claim modules whose stored computations it reads, so the graph runs it
+# after them: T2 reads the spectra and alignments T1 stores (hypotheses.tms_kernels.stored)
+AFTER: dict[str, tuple[str, ...]] = {
+    "test_t2_tms_eigenspaces.py": ("test_t1_tms_cliffs.py",),
+}
 # claim modules that read the shared per-checkpoint frames of hypotheses.trajectories
 TRAJECTORY_READERS = ("test_h4_kernel_rank.py", "test_h6_cka_cca.py")
 
@@ -236,6 +241,11 @@ def runs(module: str | Path) -> list[RunRequest]:
     """The runs a claim module reads ([] for a module the plan does not know)."""
     name = Path(module).name
     return RUNS[name]() if name in RUNS else []
+
+
+def after(module: str | Path) -> tuple[str, ...]:
+    """The claim modules (file names) whose stored computations ``module`` reads."""
+    return AFTER.get(Path(module).name, ())
 
 
 def trajectories(module: str | Path) -> list[TrajectoryRequest]:

@@ -17,7 +17,10 @@ and the ground truth of the trained network.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -32,6 +35,8 @@ from metrics.eigensolvers import Eigenpairs, top_eigenpairs
 from metrics.operators import EntkOperator, channel_scale
 from metrics.spectra import largest_cliff, spectral_cliffs
 from testbeds import tms
+from testbeds.runs import cache_dir, config_hash
+from testbeds.sources import source_hash
 
 PRESETS = ("lin2025_tms_m10_s0.3", "lin2025_tms_m10_s0.9", "lin2025_tms_m40_s0.9")
 SEEDS = tier.seeds(0, 1, 2)
@@ -83,12 +88,43 @@ def kernel_operator(model: tms.TMSModel, inputs: torch.Tensor, config: tms.Confi
     return EntkOperator(model, inputs, scale=scale)
 
 
+def stored(kind: str, preset: str, seed: int, *args, compute):
+    """``compute()``, kept on disk under ``$NTKBENCH_CACHE/tms-kernels``: T1 and T2 read the
+    same spectra and alignments, and the job graph runs T2 after T1
+    (:data:`hypotheses.plan.AFTER`), so T2 reads T1's. The key holds the kind, the resolved
+    preset's config, the seed, the arguments and the source of this module and every project
+    module it imports."""
+    payload = json.dumps(
+        [kind, config_hash(tier.preset(tms, preset)), seed, [repr(a) for a in args],
+         source_hash(__name__)],
+    )  # fmt: skip
+    key = hashlib.sha256(payload.encode()).hexdigest()[:24]
+    path = cache_dir() / "tms-kernels" / f"{kind}-{key}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # a damaged file: computed again
+            pass
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(f".{os.getpid()}.part")
+    torch.save(value, part)
+    os.replace(part, path)  # atomic: a reader sees the whole file or none
+    return value
+
+
 @lru_cache(maxsize=64)
 def spectrum(preset: str, seed: int, which: str, beta: float) -> Eigenpairs:
     """Top 2n eigenpairs of K_β for the trained / init / planted network of (preset, seed)."""
-    s = setting(preset, seed)
-    op = kernel_operator(model_of(s, which), s.inputs, s.config, beta)
-    return top_eigenpairs(op, 2 * s.n)
+
+    def compute() -> dict:
+        s = setting(preset, seed)
+        op = kernel_operator(model_of(s, which), s.inputs, s.config, beta)
+        pairs = top_eigenpairs(op, 2 * s.n)
+        return {"values": pairs.values, "vectors": pairs.vectors, "method": pairs.method,
+                "matvecs": pairs.matvecs}  # fmt: skip
+
+    return Eigenpairs(**stored("spectrum", preset, seed, which, beta, compute=compute))
 
 
 # ---- T1 ---------------------------------------------------------------------------------------
@@ -208,11 +244,15 @@ def preset_inputs(preset: str, seed: int) -> torch.Tensor:
 def alignments(preset: str, seed: int, which: str) -> torch.Tensor:
     """ρ (n,) of the trained / init network of (preset, seed), or of a hand-built network
     (:data:`PLANTED`, no training needed) on the seed's inputs."""
-    if which in PLANTED:
-        model = planted_model(tier.preset(tms, preset), which)
-    else:
-        model = model_of(setting(preset, seed), which)
-    return feature_alignments(model, preset_inputs(preset, seed))
+
+    def compute() -> torch.Tensor:
+        if which in PLANTED:
+            model = planted_model(tier.preset(tms, preset), which)
+        else:
+            model = model_of(setting(preset, seed), which)
+        return feature_alignments(model, preset_inputs(preset, seed))
+
+    return stored("alignments", preset, seed, which, compute=compute)
 
 
 def planted_truth(preset: str, seed: int, kind: str) -> tms.GroundTruth:

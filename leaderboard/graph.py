@@ -8,7 +8,8 @@ Jobs and what they leave behind:
   (:class:`hypotheses.plan.TrajectoryRequest`), in the trajectory cache;
 * ``claim`` — one claim module, run by pytest in its own process with
   ``NTKBENCH_CLAIM_JOB=1``: every finished check is stored in the claim cache
-  (:mod:`hypotheses.claim_cache`) and nothing is appended to ``records.jsonl``;
+  (:mod:`hypotheses.claim_cache`) and nothing is appended to ``records.jsonl``; a module that
+  reads another's stored computations runs after it (:data:`hypotheses.plan.AFTER`);
 * ``task`` — one leaderboard task over every method and seed, its scores in the score cache
   (``records.jsonl``, appended under a lock).
 
@@ -162,8 +163,9 @@ def _build(tier, claims, leaderboard, select, seeds) -> list[Job]:
             target = dataclasses.replace(request, run=run)
             jobs.setdefault(name, Job("trajectory", name, target, (train_job(request.run),)))
             needs.append(name)
-        name = f"claim {module.stem.removeprefix('test_')}"
-        name += " (quick)" if tier == "quick" else ""
+        name = claim_name(module, tier)
+        present = {m.name for m in modules}
+        needs += [claim_name(Path(m), tier) for m in plan.after(module) if m in present]
         options = {"marker": TIER_MARKERS[tier], "select": select, "tier": tier}
         jobs[name] = Job("claim", name, str(module), tuple(dict.fromkeys(needs)), options)
     if leaderboard and tier == "default":
@@ -176,6 +178,11 @@ def _build(tier, claims, leaderboard, select, seeds) -> list[Job]:
             name = f"task {task.name}"
             jobs[name] = Job("task", name, task.name, tuple(needs), {"seeds": seeds})
     return list(jobs.values())
+
+
+def claim_name(module: Path, tier: str) -> str:
+    """The job name of a claim module."""
+    return f"claim {module.stem.removeprefix('test_')}" + (" (quick)" if tier == "quick" else "")
 
 
 def levels(jobs: Sequence[Job]) -> list[list[Job]]:

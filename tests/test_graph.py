@@ -55,6 +55,18 @@ def test_default_and_large_tiers():
     assert not [j for j in graph.build("large") if j.kind == "task"]
 
 
+def test_a_claim_that_reads_anothers_stored_computations_runs_after_it():
+    """T2 reads the spectra and alignments T1 stores: its job needs T1's, unless T1 is not in
+    the graph (then T2 computes them itself)."""
+    jobs = {j.name: j for j in graph.build("default")}
+    assert "claim t1_tms_cliffs" in jobs["claim t2_tms_eigenspaces"].needs
+    assert not any(n.startswith("claim") for n in jobs["claim t1_tms_cliffs"].needs)
+    alone = graph.build(claims=["test_t2_tms_eigenspaces.py"], leaderboard=False)
+    assert not any(n.startswith("claim") for j in alone for n in j.needs)
+    quick = {j.name: j for j in graph.build("quick")}
+    assert "claim t1_tms_cliffs (quick)" in quick["claim t2_tms_eigenspaces (quick)"].needs
+
+
 def test_bad_arguments_name_the_allowed_values():
     with pytest.raises(ValueError, match="tier must be one of"):
         graph.build("quickest")

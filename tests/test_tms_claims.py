@@ -55,6 +55,39 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv(runs.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+def test_spectra_and_alignments_are_stored_for_the_next_claim_module(monkeypatch):
+    """``stored`` computes once per key and later reads the file (another process reads it as
+    well: T2 after T1); the key follows the arguments; a damaged file is computed again."""
+    import hypotheses.tms_kernels as kernels
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.arange(3.0)
+
+    preset = PRESETS[0]
+    first = kernels.stored("test", preset, 0, "trained", compute=compute)
+    again = kernels.stored("test", preset, 0, "trained", compute=compute)
+    assert torch.equal(first, again) and len(calls) == 1
+    kernels.stored("test", preset, 1, "trained", compute=compute)
+    kernels.stored("test", preset, 0, "init", compute=compute)
+    assert len(calls) == 3
+    folder = runs.cache_dir() / "tms-kernels"
+    files = sorted(folder.glob("test-*.pt"))
+    assert len(files) == 3 and not list(folder.glob("*.part"))
+    for f in files:
+        f.write_bytes(b"damaged")
+    assert torch.equal(kernels.stored("test", preset, 0, "trained", compute=compute), first)
+    assert len(calls) == 4
+    # a spectrum read back from the store is the one computed
+    pairs = spectrum(preset, 0, "planted", BETA)
+    spectrum.cache_clear()
+    again = spectrum(preset, 0, "planted", BETA)
+    assert torch.equal(pairs.values, again.values) and torch.equal(pairs.vectors, again.vectors)
+    assert (pairs.method, pairs.matvecs) == (again.method, again.matvecs)
+
+
 def test_cliff_position_and_match_on_synthetic_spectra():
     values = torch.cat([torch.linspace(10, 8, 7), torch.linspace(1, 0.5, 13)]).double()
     assert cliff_position(values, 10) == 7
