@@ -155,6 +155,7 @@ def _build(tier, claims, leaderboard, select, seeds) -> list[Job]:
         jobs.setdefault(name, Job("train", name, resolved))
         return name
 
+    present = {m.name for m in modules}
     for module in modules:
         needs = [train_job(r) for r in plan.runs(module)]
         for request in plan.trajectories(module):
@@ -164,7 +165,6 @@ def _build(tier, claims, leaderboard, select, seeds) -> list[Job]:
             jobs.setdefault(name, Job("trajectory", name, target, (train_job(request.run),)))
             needs.append(name)
         name = claim_name(module, tier)
-        present = {m.name for m in modules}
         needs += [claim_name(Path(m), tier) for m in plan.after(module) if m in present]
         options = {"marker": TIER_MARKERS[tier], "select": select, "tier": tier}
         jobs[name] = Job("claim", name, str(module), tuple(dict.fromkeys(needs)), options)
