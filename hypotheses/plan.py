@@ -54,6 +54,18 @@ class RunRequest:
             return tier.preset(self.testbed, self.config)
         return self.config
 
+    def upstream(self) -> list[RunRequest]:
+        """The runs this stage trains from, same seed: RL and continued pretraining start from
+        the pretraining run of their ``base``, SFT reads its RL run's probe KL (and that run's
+        pretraining run). As jobs they run first, so no two jobs train one run side by side."""
+        config = self.resolved()
+        if self.stage in ("train_rl", "train_continue"):
+            base = config.base if self.stage == "train_rl" else config.rl.base
+            return [RunRequest(self.testbed, base, self.seed)]
+        if self.stage == "train_sft":
+            return [RunRequest(self.testbed, config.rl, self.seed, "train_rl")]
+        return []
+
     @property
     def key(self) -> tuple[str, str, str, int]:
         return (self.testbed, self.stage, config_hash(self.resolved()), self.seed)

@@ -3,7 +3,8 @@ and leaderboard tasks, run on a local process pool or on a SLURM cluster (submit
 
 Jobs and what they leave behind:
 
-* ``train`` — one training run (:class:`hypotheses.plan.RunRequest`), in the run cache;
+* ``train`` — one training run (:class:`hypotheses.plan.RunRequest`), in the run cache, after
+  the runs it starts from (a pretraining run before its RL run, the RL run before its SFT);
 * ``trajectory`` — the per-checkpoint frame several claims share
   (:class:`hypotheses.plan.TrajectoryRequest`), in the trajectory cache;
 * ``claim`` — one claim module, run by pytest in its own process with
@@ -150,9 +151,11 @@ def _build(tier, claims, leaderboard, select, seeds) -> list[Job]:
 
     def train_job(request) -> str:
         name = f"train {request.label}"
-        # the config itself, not a preset name: a worker may run under another tier
-        resolved = dataclasses.replace(request, config=request.resolved())
-        jobs.setdefault(name, Job("train", name, resolved))
+        if name not in jobs:
+            # the config itself, not a preset name: a worker may run under another tier
+            resolved = dataclasses.replace(request, config=request.resolved())
+            needs = tuple(train_job(r) for r in request.upstream())
+            jobs[name] = Job("train", name, resolved, needs)
         return name
 
     present = {m.name for m in modules}

@@ -67,6 +67,29 @@ def test_a_claim_that_reads_anothers_stored_computations_runs_after_it():
     assert "claim t1_tms_cliffs (quick)" in quick["claim t2_tms_eigenspaces (quick)"].needs
 
 
+def test_a_run_trains_after_the_runs_it_starts_from():
+    """Pretraining before RL and continued pretraining, RL before SFT (SFT reads the RL run's
+    probe KL): otherwise two workers, or two SLURM array tasks, train one run side by side."""
+    for tier_name in ("default", "quick"):
+        jobs = {j.name: j for j in graph.build(tier_name)}
+        staged = [j for j in jobs.values() if j.kind == "train" and j.target.stage]
+        assert {j.target.stage for j in staged} == {"train_rl", "train_sft", "train_continue"}
+        for job in staged:
+            (need,) = job.needs
+            upstream = jobs[need].target
+            config = job.target.config
+            if job.target.stage == "train_sft":
+                assert upstream.stage == "train_rl" and upstream.config == config.rl
+            else:
+                base = config.base if job.target.stage == "train_rl" else config.rl.base
+                assert upstream.stage == "" and upstream.config == base
+            assert upstream.seed == job.target.seed
+        levels = graph.levels(list(jobs.values()))
+        depth = {j.name: i for i, level in enumerate(levels) for j in level}
+        sft = [j for j in staged if j.target.stage == "train_sft"]
+        assert sft and all(depth[j.name] == 2 for j in sft)
+
+
 def test_bad_arguments_name_the_allowed_values():
     with pytest.raises(ValueError, match="tier must be one of"):
         graph.build("quickest")
