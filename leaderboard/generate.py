@@ -43,6 +43,12 @@ reads: for claims, each claim's module (``source``) and the ``code_hash`` of its
 scores, a digest of the score cache keys per method and task. A block whose table and
 provenance have not changed keeps its stamp, so regenerating is idempotent.
 
+With the blocks, ``ntkbench report`` writes ``docs/values.csv`` (:func:`values_table`): every
+current claim and diagnostic value and every registered method's newest score, at full
+precision (shortest round-trip ``repr``) and without dates, commits or hashes, so that after a
+run ``git diff docs/values.csv`` lists exactly the values that moved (nothing, when a fresh clone
+reproduces the committed run bit for bit).
+
 ``ntkbench report --check`` regenerates nothing. It exits 1 and names the file, block and
 claims when a generated block was made from records whose code differs from the code now in
 the tree: a claim module's :func:`leaderboard.claim_code.claim_source_hash` (the module, every
@@ -588,6 +594,61 @@ def _markdown(frame: pd.DataFrame) -> str:
     return markdown(frame)
 
 
+# -- every value at full precision ----------------------------------------------------------------
+VALUES_FILE = "docs/values.csv"
+VALUE_COLUMNS = (
+    "kind", "claim", "role", "testbed", "preset", "statistic", "method", "task", "seed",
+    "value", "control_value", "passed", "status",
+)  # fmt: skip
+
+
+def _exact(value: Any) -> str:
+    """A number as its shortest round-trip text (``repr``), so equal text means equal bits."""
+    if _is_missing(value):
+        return ""
+    if isinstance(value, float):  # numpy's float64 too, whose repr would name its type
+        return repr(float(value))
+    return str(value)
+
+
+def values_table(records: pd.DataFrame) -> pd.DataFrame:
+    """The current claim checks and diagnostics (:func:`current`) and the newest score of every
+    registered method, task and seed, sorted, with the values as exact text
+    (``VALUE_COLUMNS``)."""
+    if records.empty:
+        return pd.DataFrame(columns=list(VALUE_COLUMNS))
+    parts = []
+    claims = current(claim_records(records))
+    if not claims.empty:
+        parts.append(claims.assign(kind=kinds(claims)))
+    scores = score_scope(records, Block("values", "leaderboard", {}, 0, 0, ""))
+    if not scores.empty:
+        parts.append(scores.assign(kind="score"))
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    for column in VALUE_COLUMNS:
+        if column not in frame:
+            frame[column] = ""
+    frame = frame[list(VALUE_COLUMNS)].copy()
+    frame["seed"] = frame["seed"].map(lambda s: "" if _is_missing(s) else str(int(s)))
+    for column in ("value", "control_value", "passed"):
+        frame[column] = frame[column].map(_exact)
+    frame = frame.fillna("").astype(str)
+    return frame.sort_values(list(VALUE_COLUMNS), kind="stable").reset_index(drop=True)
+
+
+def write_values(records: pd.DataFrame, path: Path) -> tuple[int, int]:
+    """Write :func:`values_table` to ``path``; returns (rows, rows that are new or changed)."""
+    table = values_table(records)
+    before: set[tuple[str, ...]] = set()
+    if path.is_file():
+        old = pd.read_csv(path, dtype=str, keep_default_na=False)
+        before = set(old.itertuples(index=False, name=None))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False, lineterminator="\n")
+    rows = set(table.itertuples(index=False, name=None))
+    return len(table), len(rows - before)
+
+
 # -- provenance and stamps -------------------------------------------------------------------------
 def claims_provenance(scope: pd.DataFrame) -> list[dict[str, Any]]:
     """Per claim and source file, the code hashes of the records used."""
@@ -876,4 +937,7 @@ def main(
             print(f"{name}: regenerated {', '.join(outcome.changed)}")
         elif outcome.blocks:
             print(f"{name}: unchanged ({', '.join(outcome.blocks)})")
+    if not files:
+        rows, moved = write_values(records, root / VALUES_FILE)
+        print(f"{VALUES_FILE}: {rows} values, {moved} new or changed (git diff shows which)")
     return 0

@@ -10,6 +10,7 @@ module (or a module it depends on) changes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -449,3 +450,44 @@ def test_failure_text_follows_the_tables_preset_order_not_the_records():
         "FAIL (`a_preset` seeds 0, 1; `a_preset` control seeds 0, 1; "
         "`b_preset` seeds 0, 1; `b_preset` control seeds 0, 1)"
     }
+
+
+def test_every_value_is_written_at_full_precision_so_git_diff_shows_what_moved(tree, capsys):
+    root, records, _ = tree
+    status, out = run(["report", "--root", str(root), "--records", str(records)], capsys)
+    path = root / generate.VALUES_FILE
+    assert status == 0 and "docs/values.csv: 12 values, 12 new or changed" in out
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert list(table.columns) == list(generate.VALUE_COLUMNS)
+    assert len(table) == 12  # 4 statistics × 2 seeds of the claims, 2 methods × 2 seeds of scores
+    assert sorted(table["kind"].unique()) == ["claim", "diagnostic", "score"]
+    x1 = table[(table["claim"] == "X1") & (table["statistic"] == "control_init_overlap")]
+    # exact text: 0.05 + 1/100 is not 0.06 in binary, and the file says so
+    assert (
+        list(x1["value"]) == [repr(0.05), repr(0.05 + 1 / 100)] == ["0.05", "0.060000000000000005"]
+    )
+    assert list(x1["passed"]) == ["True", "True"]
+    assert (table.loc[table["kind"] == "diagnostic", "passed"] == "").all()
+    good = table[table["method"] == "good"]
+    assert list(good["value"]) == ["0.9", "0.8"] and list(good["seed"]) == ["0", "1"]
+    assert "2026" not in path.read_text() and SHA not in path.read_text()  # no dates or commits
+    first = path.read_text()
+
+    status, out = run(["report", "--root", str(root), "--records", str(records)], capsys)
+    assert "12 values, 0 new or changed" in out and path.read_text() == first
+    # a newer record of one value, one ulp away: one row changes
+    append(
+        Record(
+            claim="X2", testbed="t", preset="p", seed=1, statistic="count_distance",
+            value=math.nextafter(1.0, 2.0), threshold=2.0, comparison="<=", passed=True,
+            role="superseded", note="v1", started_at="2026-01-02T00:00:00",
+        ),
+        records,
+    )  # fmt: skip
+    status, out = run(["report", "--root", str(root), "--records", str(records)], capsys)
+    assert "12 values, 1 new or changed" in out
+    changed = set(path.read_text().splitlines()) - set(first.splitlines())
+    assert changed == {"claim,X2,superseded,t,p,count_distance,,,1,1.0000000000000002,,True,ok"}
+    path.unlink()  # regenerating chosen files leaves the values file alone
+    run(["report", "--root", str(root), "--records", str(records), "README.md"], capsys)
+    assert not path.exists()
