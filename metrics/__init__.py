@@ -1,121 +1,175 @@
-"""Pure computations on models, batches and matrices: kernels, operators and spectra.
+"""Pure computations on models, batches and matrices: kernels, operators and spectra."""
 
-Every public name of the submodules listed in ``_EXPORTS`` can be imported from here
-(``from metrics import effective_rank``); it is loaded from its submodule the first time it is
-asked for. So ``import metrics.spectra`` runs ``metrics/spectra.py`` and what it imports, not
-the whole package, and a cache key follows that (:mod:`testbeds.sources`): a computation whose
-code imports ``metrics.spectra`` is recomputed when that file changes, not when
-``metrics/coalitions.py`` does. Code that takes names from ``metrics`` itself depends on every
-module in it. :func:`~metrics.entk.entk` shares its name with its submodule and is bound here
-at import.
-"""
+from metrics.alignment import centered_alignment, channel_blocks
+from metrics.coalitions import (
+    TreeDecomposition,
+    UpdateGame,
+    all_coalitions,
+    lattice_values,
+    mobius_transform,
+    parameter_masks,
+    tree_decomposition,
+    tree_decompositions,
+    winter_value,
+)
+from metrics.curvature import (
+    CurvatureOperator,
+    GaussNewtonOperator,
+    gauss_newton_operator,
+    hessian_operator,
+    hutchinson_trace,
+)
+from metrics.eigensolvers import DenseOperator, Eigenpairs, top_eigenpairs
+from metrics.entk import (
+    UnitGram,
+    entk,
+    entk_parameter_block,
+    hidden_units,
+    parameter_groups,
+    unit_gram,
+    unit_kernels,
+    unit_similarity,
+)
+from metrics.gmatrix import GMatrix, TraitJacobian, g_matrix, trait_jacobian
+from metrics.hierarchy import (
+    Tree,
+    agglomerative_tree,
+    block_energy_similarity,
+    gauss_newton_factor,
+    output_jacobian,
+    spectral_bisection,
+    whitened_unit_similarity,
+)
+from metrics.layer_kernels import LayerKernels, layer_kernels
+from metrics.noise import GradientNoise, per_example_gradients
+from metrics.operators import EntkOperator, channel_scale, flatten_full, flattened_entk
+from metrics.police import PoliceScores, loss_hvp, police_scores, police_scores_for
+from metrics.similarity import (
+    canonical_correlations,
+    center_gram,
+    hsic,
+    kernel_svcca,
+    kernel_svcca_basis,
+    linear_cka,
+    linear_cka_features,
+    linear_cka_matrix,
+    svcca,
+    svcca_of_bases,
+)
+from metrics.spectra import (
+    cosine_normalize,
+    effective_rank,
+    eigh_sorted,
+    largest_cliff,
+    normalized_overlap,
+    orthonormal_basis,
+    overlap_chance,
+    participation_ratio,
+    principal_angles,
+    spectral_cliffs,
+    stable_rank,
+    subspace_overlap,
+)
+from metrics.stationarity import (
+    Stationarity,
+    eigenspace_stationarity,
+    random_rotation,
+    scale_spectrum,
+)
+from metrics.whitened import WhitenedEigenpairs, WhitenedKernel, noise_factor
 
-from __future__ import annotations
-
-import importlib
-from pathlib import Path
-from typing import Any
-
-from metrics.entk import entk as entk  # the name of its own submodule: bound here
-
-_EXPORTS: dict[str, tuple[str, ...]] = {
-    "metrics.alignment": ("centered_alignment", "channel_blocks"),
-    "metrics.coalitions": (
-        "TreeDecomposition",
-        "UpdateGame",
-        "all_coalitions",
-        "lattice_values",
-        "mobius_transform",
-        "parameter_masks",
-        "tree_decomposition",
-        "tree_decompositions",
-        "winter_value",
-    ),
-    "metrics.curvature": (
-        "CurvatureOperator",
-        "GaussNewtonOperator",
-        "gauss_newton_operator",
-        "hessian_operator",
-        "hutchinson_trace",
-    ),
-    "metrics.eigensolvers": ("DenseOperator", "Eigenpairs", "top_eigenpairs"),
-    "metrics.entk": (
-        "UnitGram",
-        "entk_parameter_block",
-        "hidden_units",
-        "parameter_groups",
-        "unit_gram",
-        "unit_kernels",
-        "unit_similarity",
-    ),
-    "metrics.gmatrix": ("GMatrix", "TraitJacobian", "g_matrix", "trait_jacobian"),
-    "metrics.hierarchy": (
-        "Tree",
-        "agglomerative_tree",
-        "block_energy_similarity",
-        "gauss_newton_factor",
-        "output_jacobian",
-        "spectral_bisection",
-        "whitened_unit_similarity",
-    ),
-    "metrics.layer_kernels": ("LayerKernels", "layer_kernels"),
-    "metrics.noise": ("GradientNoise", "per_example_gradients"),
-    "metrics.operators": ("EntkOperator", "channel_scale", "flatten_full", "flattened_entk"),
-    "metrics.police": ("PoliceScores", "loss_hvp", "police_scores", "police_scores_for"),
-    "metrics.similarity": (
-        "canonical_correlations",
-        "center_gram",
-        "hsic",
-        "kernel_svcca",
-        "kernel_svcca_basis",
-        "linear_cka",
-        "linear_cka_features",
-        "linear_cka_matrix",
-        "svcca",
-        "svcca_of_bases",
-    ),
-    "metrics.spectra": (
-        "cosine_normalize",
-        "effective_rank",
-        "eigh_sorted",
-        "largest_cliff",
-        "normalized_overlap",
-        "orthonormal_basis",
-        "overlap_chance",
-        "participation_ratio",
-        "principal_angles",
-        "spectral_cliffs",
-        "stable_rank",
-        "subspace_overlap",
-    ),
-    "metrics.stationarity": (
-        "Stationarity",
-        "eigenspace_stationarity",
-        "random_rotation",
-        "scale_spectrum",
-    ),
-    "metrics.whitened": ("WhitenedEigenpairs", "WhitenedKernel", "noise_factor"),
-}
-_SOURCE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(["entk", *_SOURCE])
-
-
-def __getattr__(name: str) -> Any:
-    """A public name of a submodule, or a submodule (``metrics.spectra``), loaded on first use."""
-    if name in _SOURCE:
-        value = getattr(importlib.import_module(_SOURCE[name]), name)
-    elif not name.startswith("_") and name in _submodules():
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__, *_submodules()})
-
-
-def _submodules() -> set[str]:
-    return {path.stem for path in Path(__file__).parent.glob("*.py") if path.stem != "__init__"}
+__all__ = [
+    # the eNTK
+    "entk",
+    "entk_parameter_block",
+    "parameter_groups",
+    "hidden_units",
+    "unit_kernels",
+    "unit_similarity",
+    "unit_gram",
+    "UnitGram",
+    # matrix-free flattened eNTK and top-k eigenpairs
+    "EntkOperator",
+    "flattened_entk",
+    "flatten_full",
+    "channel_scale",
+    "top_eigenpairs",
+    "Eigenpairs",
+    "DenseOperator",
+    # per-example gradients and gradient noise
+    "per_example_gradients",
+    "GradientNoise",
+    # curvature: Hessian and Gauss–Newton operators, trace estimates
+    "hessian_operator",
+    "gauss_newton_operator",
+    "CurvatureOperator",
+    "GaussNewtonOperator",
+    "hutchinson_trace",
+    # the noise-whitened eNTK
+    "noise_factor",
+    "WhitenedKernel",
+    "WhitenedEigenpairs",
+    # spectra and subspaces
+    "eigh_sorted",
+    "spectral_cliffs",
+    "largest_cliff",
+    "orthonormal_basis",
+    "subspace_overlap",
+    "normalized_overlap",
+    "overlap_chance",
+    "principal_angles",
+    "cosine_normalize",
+    "effective_rank",
+    "participation_ratio",
+    "stable_rank",
+    # eigenspace stationarity of a kernel, with its controls
+    "eigenspace_stationarity",
+    "Stationarity",
+    "random_rotation",
+    "scale_spectrum",
+    # layerwise forward and backward kernels
+    "layer_kernels",
+    "LayerKernels",
+    # representational similarity: CKA, CCA, SVCCA
+    "center_gram",
+    "hsic",
+    "linear_cka",
+    "linear_cka_features",
+    "linear_cka_matrix",
+    "canonical_correlations",
+    "svcca",
+    "kernel_svcca",
+    "kernel_svcca_basis",
+    "svcca_of_bases",
+    # trees over parameter units and the similarities they are built from
+    "Tree",
+    "spectral_bisection",
+    "agglomerative_tree",
+    "block_energy_similarity",
+    "gauss_newton_factor",
+    "output_jacobian",
+    "whitened_unit_similarity",
+    # coalition games of a training update: tree decomposition, Winter value, Möbius transform
+    "UpdateGame",
+    "parameter_masks",
+    "tree_decomposition",
+    "tree_decompositions",
+    "TreeDecomposition",
+    "winter_value",
+    "mobius_transform",
+    "all_coalitions",
+    "lattice_values",
+    # police sectors
+    "police_scores",
+    "police_scores_for",
+    "loss_hvp",
+    "PoliceScores",
+    # the trait × trait G-matrix
+    "trait_jacobian",
+    "TraitJacobian",
+    "g_matrix",
+    "GMatrix",
+    # per-channel eNTK blocks and their centred alignment with a feature
+    "channel_blocks",
+    "centered_alignment",
+]

@@ -231,30 +231,7 @@ class _Method(nn.Module):
         return getattr(self.model, self.method)(*args)
 
 
-class _CoalitionPath:
-    """What the fast paths of :class:`UpdateGame` share: coalitions evaluated ``CHUNK`` at a
-    time by the subclass's ``_values``, and the probe coalitions its ``build`` checks them on
-    (the empty and full ones, then random ones)."""
-
-    PROBES = 8
-    CHUNK = 8
-
-    def __call__(self, coalitions: Tensor) -> Tensor:
-        values = [
-            self._values(coalitions[start : start + self.CHUNK])
-            for start in range(0, len(coalitions), self.CHUNK)
-        ]
-        return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
-
-    @classmethod
-    def probes(cls, n_units: int) -> Tensor:
-        generator = torch.Generator().manual_seed(0)
-        probes = torch.rand(cls.PROBES, n_units, generator=generator) < 0.5
-        probes[0], probes[1] = False, True
-        return probes
-
-
-class _HiddenNeuronPath(_CoalitionPath):
+class _HiddenNeuronPath:
     r"""The values of an :class:`UpdateGame` on a network whose players are hidden neurons,
     without recomputing the hidden layer for every coalition.
 
@@ -273,6 +250,7 @@ class _HiddenNeuronPath(_CoalitionPath):
     ``PROBES`` coalitions (the empty and full ones and random ones).
     """
 
+    PROBES = 8
     CHUNK = 8  # coalitions per vmapped pass: (CHUNK, N, width) activations in memory
 
     def __init__(self, game: UpdateGame, neuron_owner: Tensor, second: slice):
@@ -322,8 +300,17 @@ class _HiddenNeuronPath(_CoalitionPath):
         if not ((rows == neuron_owner[:, None]).all() and (columns == neuron_owner).all()):
             return None
         path = cls(game, neuron_owner, offsets["layer2.weight"])
-        probes = cls.probes(game.n_units)
+        generator = torch.Generator().manual_seed(0)
+        probes = torch.rand(cls.PROBES, game.n_units, generator=generator) < 0.5
+        probes[0], probes[1] = False, True
         return path if torch.equal(path(probes), game._plain(probes)) else None
+
+    def __call__(self, coalitions: Tensor) -> Tensor:
+        values = [
+            self._values(coalitions[start : start + self.CHUNK])
+            for start in range(0, len(coalitions), self.CHUNK)
+        ]
+        return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
 
     def _values(self, chosen: Tensor) -> Tensor:
         game = self.game
@@ -344,7 +331,7 @@ class _HiddenNeuronPath(_CoalitionPath):
             return game.base - vmap(loss_at)(hidden, second).double()
 
 
-class _HeadPath(_CoalitionPath):
+class _HeadPath:
     r"""The values of an :class:`UpdateGame` on a one-layer transformer whose attention heads
     are players, without recomputing attention for every coalition.
 
@@ -361,6 +348,7 @@ class _HeadPath(_CoalitionPath):
     only if ``PROBES`` coalitions agree to ``RTOL`` of the largest value.
     """
 
+    PROBES = 8
     RTOL = 1e-9
     CHUNK = 32
 
@@ -401,12 +389,21 @@ class _HeadPath(_CoalitionPath):
         if len(set(head_owner)) != len(head_owner):
             return None
         path = cls(game, torch.tensor(head_owner))
-        probes = cls.probes(game.n_units)
+        generator = torch.Generator().manual_seed(0)
+        probes = torch.rand(cls.PROBES, game.n_units, generator=generator) < 0.5
+        probes[0], probes[1] = False, True
         probes[2] = False
         probes[2, head_owner[0]] = True  # one head alone
         fast, plain = path(probes), game._plain(probes)
         scale = float(plain.abs().max())
         return path if bool(((fast - plain).abs() <= cls.RTOL * scale).all()) else None
+
+    def __call__(self, coalitions: Tensor) -> Tensor:
+        values = [
+            self._values(coalitions[start : start + self.CHUNK])
+            for start in range(0, len(coalitions), self.CHUNK)
+        ]
+        return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
 
     def _values(self, chosen: Tensor) -> Tensor:
         game = self.game

@@ -22,13 +22,6 @@ versions belong in the key separately. Code loaded at run time rather than impor
 followed: a caller that depends on code loaded that way names it as an extra target (as the
 leaderboard does with a task's testbed package).
 
-A package whose ``__init__.py`` loads names lazily (a module-level ``__getattr__``, as
-``metrics`` does) hides which submodule a name comes from, so a module that takes a name from
-such a package (``from metrics import entk_trace``) or binds the package itself
-(``import metrics``, ``import metrics.spectra``) depends on every module in it; one that
-imports a submodule's names directly (``from metrics.spectra import effective_rank``) depends
-on that submodule's closure only.
-
 A file outside the project (a plug-in method file, a script) is a valid target too: it is
 hashed with the project modules it imports. Its own name in the hash is its file name, so
 moving it does not invalidate its values, editing it does.
@@ -94,25 +87,16 @@ def _stamp(path: Path) -> tuple[str, int, int]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _imported_names(
-    path: str, mtime_ns: int, size: int, package: str | None
-) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
+def _imported_names(path: str, mtime_ns: int, size: int, package: str | None) -> frozenset[str]:
     """Every dotted name in the project's packages that a file imports (absolute; relative
     ones resolved against ``package``), with their parent packages, and with each
-    ``from x import y`` also giving ``x.y`` (it is a submodule when such a file exists);
-    and the ``(module, name)`` pairs through which the file reaches attributes of a module:
-    ``(x, y)`` for ``from x import y`` (``y`` may be ``*``), ``(m, "")`` for each module ``m``
-    an ``import`` statement binds or leads through (``a`` and ``a.b`` for ``import a.b``, only
-    ``a.b`` for ``import a.b as c``). ``mtime_ns`` and ``size`` only key the cache."""
+    ``from x import y`` also giving ``x.y`` (it is a submodule when such a file exists).
+    ``mtime_ns`` and ``size`` only key the cache."""
     tree = ast.parse(Path(path).read_bytes(), filename=path)
     names: set[str] = set()
-    reached: set[tuple[str, str]] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-            for alias in node.names:
-                bound = [alias.name] if alias.asname else _parents(alias.name)
-                reached.update((name, "") for name in bound)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 if package is None:
@@ -126,30 +110,8 @@ def _imported_names(
                 base = node.module or ""
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
-            reached.update((base, alias.name) for alias in node.names)
     candidates = {p for name in names for p in _parents(name)}
-    ours = frozenset(n for n in candidates if n.split(".", 1)[0] in PACKAGES)
-    return ours, frozenset(r for r in reached if r[0].split(".", 1)[0] in PACKAGES)
-
-
-@functools.lru_cache(maxsize=256)
-def _loads_lazily(path: str, mtime_ns: int, size: int) -> bool:
-    """Whether a package's ``__init__.py`` defines a module-level ``__getattr__`` (PEP 562):
-    then a name taken from the package may come from any of its modules."""
-    tree = ast.parse(Path(path).read_bytes(), filename=path)
-    return any(
-        isinstance(node, ast.FunctionDef) and node.name == "__getattr__" for node in tree.body
-    )
-
-
-def _package_modules(package: str) -> set[str]:
-    """Every module in a package's folder, its subpackages included."""
-    found = set()
-    for path in Path(ROOT, *package.split(".")).rglob("*.py"):
-        name = _module_name(path)
-        if name is not None:
-            found.add(name)
-    return found
+    return frozenset(n for n in candidates if n.split(".", 1)[0] in PACKAGES)
 
 
 def _package_of(name: str, path: Path) -> str:
@@ -170,21 +132,13 @@ class _Finder:
         self.folder = functools.cache(_is_folder)
 
     def imports(self, path: Path, package: str | None) -> set[str]:
-        """The project modules (and their parent packages) a file imports directly, and every
-        module of a lazily loading package it takes a name from or binds."""
+        """The project modules (and their parent packages) a file imports directly."""
         found = set()
-        names, reached = _imported_names(*_stamp(path), package)
-        for name in names:
+        for name in _imported_names(*_stamp(path), package):
             parent = name.rpartition(".")[0]
             # a submodule lies in a folder: skips the names `from module import name` brings
             if (not parent or self.folder(parent)) and self.file(name) is not None:
                 found.add(name)
-        for module, name in reached:
-            if name and name != "*" and self.file(f"{module}.{name}") is not None:
-                continue  # `from package import submodule`: that submodule, found above
-            init = self.file(module)
-            if init is not None and init.name == "__init__.py" and _loads_lazily(*_stamp(init)):
-                found |= _package_modules(module)
         return found
 
 

@@ -44,36 +44,3 @@ def test_curvature_still_imports_curvlinops_when_used():
     hessian_class, ggn_class = _linear_operators()
     assert hessian_class.__name__ == "HessianLinearOperator"
     assert ggn_class.__name__ == "GGNLinearOperator"
-
-
-LAZY = """
-import sys
-import metrics.spectra
-assert "metrics.coalitions" not in sys.modules, sorted(sys.modules)
-import metrics
-from metrics import entk, UpdateGame
-import metrics.entk
-from metrics import entk as again
-assert entk is again and callable(entk) and not isinstance(entk, type(sys))
-assert UpdateGame.__module__ == "metrics.coalitions"
-missing = [name for name in metrics.__all__ if not hasattr(metrics, name)]
-assert not missing, missing
-assert metrics.hierarchy.Tree is metrics.Tree
-assert {"spectra", "coalitions", "Tree"} <= set(dir(metrics))
-try:
-    metrics.no_such_name
-except AttributeError as error:
-    assert "no_such_name" in str(error)
-else:
-    raise AssertionError("no error")
-print("lazy")
-"""
-
-
-def test_metrics_loads_its_names_on_first_use():
-    """``import metrics.spectra`` runs that module (and the package's init), not the whole
-    package; every public name is still importable from ``metrics``, ``entk`` is the function."""
-    done = subprocess.run(
-        [sys.executable, "-c", LAZY], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0 and "lazy" in done.stdout, done.stderr[-2000:]

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import testbeds.trajectory
-from leaderboard import claim_code
+from leaderboard.claim_code import claim_source_hash, testbed_packages
 from testbeds.sources import ROOT, module_dependencies, source_hash
 
 
@@ -60,80 +60,6 @@ def test_imports_inside_functions_relative_and_from_package(tmp_path, monkeypatc
     assert module_dependencies("metrics.a") == ("metrics", "metrics.a", "metrics.b", "metrics.c")
     assert module_dependencies(str(package / "b.py")) == ("metrics", "metrics.b", "metrics.c")
     assert module_dependencies("metrics.d") == ("metrics", "metrics.d")
-
-
-def test_a_lazily_loading_package_counts_whole_when_its_names_are_taken(tmp_path, monkeypatch):
-    """A package with a module-level ``__getattr__`` may serve a name from any of its
-    modules: taking a name from it, or binding it, depends on all of them; importing from one
-    of its submodules depends on that submodule's closure only."""
-    package = tmp_path / "metrics"
-    package.mkdir()
-    (package / "__init__.py").write_text(
-        "import importlib\n\ndef __getattr__(name):\n"
-        "    return getattr(importlib.import_module('metrics.a'), name)\n"
-    )
-    (package / "a.py").write_text("x = 1\n")
-    (package / "b.py").write_text("from metrics.c import y\n")
-    (package / "c.py").write_text("y = 2\n")
-    users = {
-        "from_name": "from metrics import x\n",
-        "star": "from metrics import *\n",
-        "bare": "import metrics\n",
-        "through": "import metrics.a\n",  # binds `metrics`: metrics.c is one attribute away
-        "aliased": "import metrics.a as a\n",
-        "submodule": "from metrics import a\n",
-        "direct": "from metrics.b import y\n",
-    }
-    hypotheses = tmp_path / "hypotheses"
-    hypotheses.mkdir()
-    (hypotheses / "__init__.py").write_text("")
-    for name, text in users.items():
-        (hypotheses / f"{name}.py").write_text(text)
-    monkeypatch.setattr("testbeds.sources.ROOT", tmp_path)
-    every = {"metrics", "metrics.a", "metrics.b", "metrics.c"}
-    for name in ("from_name", "star", "bare", "through"):
-        assert set(module_dependencies(f"hypotheses.{name}")) == every | {
-            "hypotheses",
-            f"hypotheses.{name}",
-        }
-    assert set(module_dependencies("hypotheses.aliased")) == {
-        "hypotheses",
-        "hypotheses.aliased",
-        "metrics",
-        "metrics.a",
-    }
-    assert set(module_dependencies("hypotheses.submodule")) == {
-        "hypotheses",
-        "hypotheses.submodule",
-        "metrics",
-        "metrics.a",
-    }
-    assert set(module_dependencies("hypotheses.direct")) == {
-        "hypotheses",
-        "hypotheses.direct",
-        "metrics",
-        "metrics.b",
-        "metrics.c",
-    }
-    (package / "__init__.py").write_text("")  # an eager (empty) init: the names a file imports
-    assert set(module_dependencies("hypotheses.bare")) == {
-        "hypotheses",
-        "hypotheses.bare",
-        "metrics",
-    }
-
-
-def test_training_runs_do_not_depend_on_the_metrics_they_do_not_import():
-    """``metrics`` loads its names lazily, so a testbed that imports ``metrics.entk`` is not
-    keyed by ``metrics/coalitions.py``; a claim that imports ``metrics.coalitions`` is."""
-    for package in ("testbeds.modadd", "testbeds.lm", "testbeds.tms"):
-        deps = set(module_dependencies(package))
-        assert "metrics.entk" in deps
-        assert not deps & {"metrics.coalitions", "metrics.curvature", "metrics.police"}
-    assert "metrics.coalitions" in module_dependencies("hypotheses.test_h7_resolution_depth")
-    assert "metrics.coalitions" not in module_dependencies("hypotheses.test_h1_fourier_circuits")
-    plugin_deps = set(module_dependencies(ROOT / "leaderboard" / "examples" / "my_method.py"))
-    assert not any(d.startswith("metrics") for d in plugin_deps)
 
 
 def test_file_paths_and_files_outside_the_project(tmp_path):
@@ -186,11 +112,11 @@ def test_claim_hash_covers_testbeds_that_no_import_names(tmp_path):
     that testbed's code: its records' hash covers every registered testbed package."""
     claim = tmp_path / "test_x_claim.py"
     claim.write_text("import testbeds\n\nbed = testbeds.get('tms')\n", encoding="utf-8")
-    packages = claim_code.testbed_packages()
+    packages = testbed_packages()
     assert {"testbeds.lm", "testbeds.modadd", "testbeds.tms"} <= set(packages)
     assert "testbeds.tms.train" not in module_dependencies(claim)  # invisible to its imports
-    assert claim_code.claim_source_hash(claim) == source_hash(claim, *packages)
-    assert claim_code.claim_source_hash(claim) != source_hash(claim)
+    assert claim_source_hash(claim) == source_hash(claim, *packages)
+    assert claim_source_hash(claim) != source_hash(claim)
 
 
 def test_hash_of_a_callable_from_a_plugin_file(tmp_path):
@@ -331,11 +257,6 @@ def test_editing_a_helper_recomputes_what_depends_on_it_and_nothing_else(tmp_pat
     assert edited["dependent"] == first["dependent"]  # the edit changes no number
     assert edited["dependent_method"] != first["dependent_method"]
     assert edited["unrelated_method"] == first["unrelated_method"]
-    # a metrics module the dependent value does not import: nothing is recomputed
-    other = copy / "metrics" / "coalitions.py"
-    other.write_text(other.read_text() + "\n# an edit elsewhere in metrics\n")
-    again, calls = run()
-    assert again == edited and len(calls) == 6
 
 
 def test_leaderboard_key_covers_method_task_testbed_and_versions(monkeypatch):
