@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import testbeds.trajectory
-from leaderboard.claim_code import claim_source_hash, testbed_packages
+from leaderboard import claim_code
 from testbeds.sources import ROOT, module_dependencies, source_hash
 
 
@@ -112,11 +112,11 @@ def test_claim_hash_covers_testbeds_that_no_import_names(tmp_path):
     that testbed's code: its records' hash covers every registered testbed package."""
     claim = tmp_path / "test_x_claim.py"
     claim.write_text("import testbeds\n\nbed = testbeds.get('tms')\n", encoding="utf-8")
-    packages = testbed_packages()
+    packages = claim_code.testbed_packages()
     assert {"testbeds.lm", "testbeds.modadd", "testbeds.tms"} <= set(packages)
     assert "testbeds.tms.train" not in module_dependencies(claim)  # invisible to its imports
-    assert claim_source_hash(claim) == source_hash(claim, *packages)
-    assert claim_source_hash(claim) != source_hash(claim)
+    assert claim_code.claim_source_hash(claim) == source_hash(claim, *packages)
+    assert claim_code.claim_source_hash(claim) != source_hash(claim)
 
 
 def test_hash_of_a_callable_from_a_plugin_file(tmp_path):
